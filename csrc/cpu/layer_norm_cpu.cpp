@@ -1,0 +1,287 @@
+// CPU backend of the fastln ops: host code (checks, allocation, threading,
+// the deterministic dweight/dbias reduction, ISA dispatch) around the row
+// kernels of kernels.h.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <limits>
+#include <string>
+#include <tuple>
+#include <type_traits>
+
+#include "../layer_norm.h"
+
+namespace fastln {
+namespace cpu {
+
+// The row kernels, compiled once per instruction set. The baseline copy runs
+// anywhere; on x86-64 with GCC or Clang a second copy is compiled for
+// AVX2 + FMA + F16C and chosen at run time when the processor has them, the
+// way ATen compiles its own CPU kernels per capability.
+namespace isa_base {
+#include "kernels.h"
+}  // namespace isa_base
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define FASTLN_HAVE_AVX2_KERNELS 1
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), \
+                             apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#endif
+namespace isa_avx2 {
+#include "kernels.h"
+}  // namespace isa_avx2
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif
+
+namespace {
+
+enum class Isa { kBase, kAvx2 };
+
+Isa detect_isa() {
+#ifdef FASTLN_HAVE_AVX2_KERNELS
+  // FASTLN_CPU_ISA=base forces the baseline kernels (to test or compare them).
+  const char* forced = std::getenv("FASTLN_CPU_ISA");
+  if (forced != nullptr && std::string(forced) == "base") return Isa::kBase;
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+      __builtin_cpu_supports("f16c"))
+    return Isa::kAvx2;
+#endif
+  return Isa::kBase;
+}
+
+Isa& active_isa() {
+  static Isa isa = detect_isa();
+  return isa;
+}
+
+template <typename scalar_t, typename acc_t>
+void forward_rows(const scalar_t* x, const acc_t* w, const acc_t* b,
+                  scalar_t* y, acc_t* mean, acc_t* rstd, int64_t N, acc_t eps,
+                  int64_t begin, int64_t end, acc_t* scratch) {
+#ifdef FASTLN_HAVE_AVX2_KERNELS
+  if (active_isa() == Isa::kAvx2)
+    return isa_avx2::forward_rows(x, w, b, y, mean, rstd, N, eps, begin, end,
+                                  scratch);
+#endif
+  isa_base::forward_rows(x, w, b, y, mean, rstd, N, eps, begin, end, scratch);
+}
+
+template <typename scalar_t, typename acc_t>
+void backward_rows(const scalar_t* dy, const scalar_t* x, const acc_t* mean,
+                   const acc_t* rstd, const acc_t* w, scalar_t* dx,
+                   acc_t* dw_acc, acc_t* db_acc, int64_t N, int64_t begin,
+                   int64_t end, acc_t* scratch) {
+#ifdef FASTLN_HAVE_AVX2_KERNELS
+  if (active_isa() == Isa::kAvx2)
+    return isa_avx2::backward_rows(dy, x, mean, rstd, w, dx, dw_acc, db_acc,
+                                   N, begin, end, scratch);
+#endif
+  isa_base::backward_rows(dy, x, mean, rstd, w, dx, dw_acc, db_acc, N, begin,
+                          end, scratch);
+}
+
+// Rows handed to one task at a time: about 32K elements of work per task
+// amortizes the scheduling cost of at::parallel_for.
+int64_t row_grain(int64_t N) {
+  return std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(N, 1));
+}
+
+// Parameters as contiguous acc_t arrays (a no-op for float weights of float
+// or half/bfloat16 input; a small N-element cast otherwise).
+at::Tensor param_as_acc(const at::Tensor& p, at::ScalarType acc) {
+  return p.defined() ? p.to(acc).contiguous() : p;
+}
+
+template <typename T>
+const T* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<T>() : nullptr;
+}
+
+// Row blocks of the backward's dweight/dbias reduction. Each block sums its
+// rows' contributions into its own acc_t partial, and the partials are then
+// added in block order. The plan depends only on M and N, never on the
+// number of threads, so dweight/dbias are bitwise reproducible. Limits: at
+// least 4 rows per block (so a partial costs at most a quarter of the
+// block's own work), at most 64 blocks (enough to feed every core of a big
+// machine), and at most 2^22 partial elements (16 MiB of float).
+struct BlockPlan {
+  int64_t num_blocks;
+  int64_t rows_per_block;
+};
+
+BlockPlan plan_blocks(int64_t M, int64_t N) {
+  constexpr int64_t kMinRows = 4, kMaxBlocks = 64, kMaxPartial = 1 << 22;
+  const int64_t by_rows = (M + kMinRows - 1) / kMinRows;
+  const int64_t by_memory = std::max<int64_t>(1, kMaxPartial / (2 * N));
+  const int64_t num_blocks =
+      std::max<int64_t>(1, std::min({by_rows, kMaxBlocks, by_memory}));
+  return {num_blocks, (M + num_blocks - 1) / num_blocks};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_fwd_cpu(
+    const at::Tensor& input, at::IntArrayRef normalized_shape,
+    const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, double eps) {
+  const auto [M, N] =
+      check_forward_inputs(input, normalized_shape, weight, bias);
+  const at::Tensor x = input.contiguous();
+  const at::ScalarType acc = stats_dtype(input.scalar_type());
+  at::Tensor out = at::empty(input.sizes(), x.options());
+  const auto stat_sizes = stats_shape(input, normalized_shape);
+  at::Tensor mean = at::empty(stat_sizes, x.options().dtype(acc));
+  at::Tensor rstd = at::empty(stat_sizes, x.options().dtype(acc));
+  if (M == 0) return {out, mean, rstd};
+  if (N == 0) {
+    // torch's convention for empty rows: mean 0, rstd 1/sqrt(0/0) = NaN.
+    mean.zero_();
+    rstd.fill_(std::numeric_limits<double>::quiet_NaN());
+    return {out, mean, rstd};
+  }
+  const at::Tensor w = param_as_acc(contiguous_or_undefined(weight), acc);
+  const at::Tensor b = param_as_acc(contiguous_or_undefined(bias), acc);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "fastln_layer_norm_fwd_cpu",
+      [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const scalar_t* x_ptr = x.const_data_ptr<scalar_t>();
+        const acc_t* w_ptr = data_or_null<acc_t>(w);
+        const acc_t* b_ptr = data_or_null<acc_t>(b);
+        scalar_t* y_ptr = out.mutable_data_ptr<scalar_t>();
+        acc_t* mean_ptr = mean.mutable_data_ptr<acc_t>();
+        acc_t* rstd_ptr = rstd.mutable_data_ptr<acc_t>();
+        const acc_t eps_acc = static_cast<acc_t>(eps);
+        at::parallel_for(0, M, row_grain(N), [&](int64_t begin, int64_t end) {
+          std::vector<acc_t> scratch(std::is_same_v<scalar_t, acc_t> ? 0 : N);
+          forward_rows(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, N,
+                       eps_acc, begin, end, scratch.data());
+        });
+      });
+  return {out, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd_cpu(
+    const at::Tensor& grad_out, const at::Tensor& input,
+    at::IntArrayRef normalized_shape, const at::Tensor& mean,
+    const at::Tensor& rstd, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, std::array<bool, 3> output_mask) {
+  const auto [M, N] = check_backward_inputs(grad_out, input, normalized_shape,
+                                            mean, rstd, weight, bias);
+  const at::Tensor w_in = contiguous_or_undefined(weight);
+  const at::Tensor b_in = contiguous_or_undefined(bias);
+  const bool want_dx = output_mask[0];
+  const bool want_dw = output_mask[1] && w_in.defined();
+  const bool want_db = output_mask[2] && b_in.defined();
+  at::Tensor dx = want_dx ? at::empty(input.sizes(), input.options())
+                          : at::Tensor();
+  at::Tensor dw = want_dw ? at::empty(w_in.sizes(), w_in.options())
+                          : at::Tensor();
+  at::Tensor db = want_db ? at::empty(b_in.sizes(), b_in.options())
+                          : at::Tensor();
+  if (M == 0 || N == 0) {
+    // No rows: the column sums are empty sums. No columns: nothing to do.
+    if (want_dw) dw.zero_();
+    if (want_db) db.zero_();
+    return {dx, dw, db};
+  }
+  if (!want_dx && !want_dw && !want_db) return {dx, dw, db};
+
+  const at::ScalarType acc = stats_dtype(input.scalar_type());
+  const at::Tensor x = input.contiguous();
+  const at::Tensor dy = grad_out.contiguous();
+  const at::Tensor mean_c = mean.contiguous();
+  const at::Tensor rstd_c = rstd.contiguous();
+  const at::Tensor w = param_as_acc(w_in, acc);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "fastln_layer_norm_bwd_cpu",
+      [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const scalar_t* x_ptr = x.const_data_ptr<scalar_t>();
+        const scalar_t* dy_ptr = dy.const_data_ptr<scalar_t>();
+        const acc_t* mean_ptr = mean_c.const_data_ptr<acc_t>();
+        const acc_t* rstd_ptr = rstd_c.const_data_ptr<acc_t>();
+        const acc_t* w_ptr = data_or_null<acc_t>(w);
+        scalar_t* dx_ptr = want_dx ? dx.mutable_data_ptr<scalar_t>() : nullptr;
+        const int64_t scratch_size = std::is_same_v<scalar_t, acc_t> ? 0 : 2 * N;
+
+        if (!want_dw && !want_db) {
+          at::parallel_for(0, M, row_grain(N), [&](int64_t begin, int64_t end) {
+            std::vector<acc_t> scratch(scratch_size);
+            backward_rows(dy_ptr, x_ptr, mean_ptr, rstd_ptr, w_ptr, dx_ptr,
+                          static_cast<acc_t*>(nullptr),
+                          static_cast<acc_t*>(nullptr), N, begin, end,
+                          scratch.data());
+          });
+          return;
+        }
+
+        const BlockPlan plan = plan_blocks(M, N);
+        // partial[block][0] sums dy * xhat, partial[block][1] sums dy.
+        at::Tensor partial = at::zeros({plan.num_blocks, 2, N},
+                                       x.options().dtype(acc));
+        acc_t* partial_ptr = partial.mutable_data_ptr<acc_t>();
+        at::parallel_for(0, plan.num_blocks, 1, [&](int64_t b0, int64_t b1) {
+          std::vector<acc_t> scratch(scratch_size);
+          for (int64_t blk = b0; blk < b1; ++blk) {
+            const int64_t begin = blk * plan.rows_per_block;
+            const int64_t end = std::min(M, begin + plan.rows_per_block);
+            acc_t* dw_acc = partial_ptr + blk * 2 * N;
+            backward_rows(dy_ptr, x_ptr, mean_ptr, rstd_ptr, w_ptr, dx_ptr,
+                          want_dw ? dw_acc : nullptr,
+                          want_db ? dw_acc + N : nullptr, N, begin, end,
+                          scratch.data());
+          }
+        });
+
+        // Column sums of the partials, always in block order.
+        at::Tensor sums = at::empty({2, N}, x.options().dtype(acc));
+        acc_t* sums_ptr = sums.mutable_data_ptr<acc_t>();
+        at::parallel_for(0, N, 1024, [&](int64_t c0, int64_t c1) {
+          for (int64_t k = 0; k < 2; ++k)
+            for (int64_t c = c0; c < c1; ++c) {
+              acc_t total = 0;
+              for (int64_t blk = 0; blk < plan.num_blocks; ++blk)
+                total += partial_ptr[(blk * 2 + k) * N + c];
+              sums_ptr[k * N + c] = total;
+            }
+        });
+        if (want_dw) dw.copy_(sums[0].view(dw.sizes()));
+        if (want_db) db.copy_(sums[1].view(db.sizes()));
+      });
+  return {dx, dw, db};
+}
+
+TORCH_LIBRARY_IMPL(fastln, CPU, m) {
+  m.impl("layer_norm_fwd", &layer_norm_fwd_cpu);
+  m.impl("layer_norm_bwd", &layer_norm_bwd_cpu);
+}
+
+}  // namespace cpu
+
+// Name of the CPU kernels in use ("avx2" or "base"), for benchmarks and tests.
+std::string cpu_isa() {
+  return cpu::active_isa() == cpu::Isa::kAvx2 ? "avx2" : "base";
+}
+
+}  // namespace fastln

@@ -1,0 +1,132 @@
+"""Loads the native ops and registers what torch needs to trace them.
+
+The ops are declared in C++ (csrc/ops.cpp) as ``torch.ops.fastln.layer_norm_fwd``
+and ``torch.ops.fastln.layer_norm_bwd``; each backend registers its kernels from
+its own file. This module adds their fake (meta) implementations, which give
+torch.compile and FakeTensor output shapes and dtypes without running a kernel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from . import _C  # noqa: F401  (loading it registers the ops)
+
+__all__ = ["cuda_built", "cpu_isa", "stats_dtype", "check_forward_inputs"]
+
+
+def cuda_built() -> bool:
+    """Whether this build of fastln contains the CUDA kernels."""
+    return bool(_C.cuda_built())
+
+
+def cpu_isa() -> str:
+    """The CPU row kernels in use on this machine: ``"avx2"`` or ``"base"``."""
+    return str(_C.cpu_isa())
+
+
+def stats_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of the saved mean/rstd: float64 for double input, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_forward_inputs(
+    input: torch.Tensor,
+    normalized_shape: Sequence[int],
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+) -> None:
+    """The shape checks of csrc/ops.cpp, for tracing (the C++ op runs its own).
+
+    Same exception types and messages as torch's layer_norm, so a traced model
+    fails the way an eager one does.
+    """
+    shape = list(normalized_shape)
+    if len(shape) == 0:
+        raise RuntimeError(
+            "Expected normalized_shape to be at least 1-dimensional, i.e., containing at "
+            f"least one element, but got normalized_shape = {shape}"
+        )
+    if input.dim() < len(shape) or list(input.shape[input.dim() - len(shape) :]) != shape:
+        expected = ", ".join(["*"] + [str(s) for s in shape])
+        raise RuntimeError(
+            f"Given normalized_shape={shape}, expected input with shape [{expected}], "
+            f"but got input of size{list(input.shape)}"
+        )
+    if input.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        raise NotImplementedError(
+            f"fastln layer_norm: not implemented for '{input.dtype}'; supported dtypes are "
+            "Float, Double, Half and BFloat16"
+        )
+    for name, param in (("weight", weight), ("bias", bias)):
+        if param is None:
+            continue
+        if list(param.shape) != shape:
+            raise RuntimeError(
+                f"Expected {name} to be of same shape as normalized_shape, but got {name} of "
+                f"shape {list(param.shape)} and normalized_shape = {shape}"
+            )
+        if param.device != input.device:
+            raise RuntimeError(
+                f"Expected {name} to be on the same device as input ({input.device}), but got "
+                f"{name} on {param.device}"
+            )
+        low_precision = input.dtype in (torch.float16, torch.bfloat16)
+        if param.dtype != input.dtype and not (low_precision and param.dtype == torch.float32):
+            raise RuntimeError(
+                f"Expected {name} to have the input's dtype ({input.dtype})"
+                f"{' or Float' if low_precision else ''}, but got {name} of dtype {param.dtype}"
+            )
+    if weight is not None and bias is not None and weight.dtype != bias.dtype:
+        raise RuntimeError(
+            "Expected weight and bias to have the same dtype, but got weight of dtype "
+            f"{weight.dtype} and bias of dtype {bias.dtype}"
+        )
+
+
+def _stats_shape(input: torch.Tensor, normalized_shape: Sequence[int]) -> list[int]:
+    axis = input.dim() - len(normalized_shape)
+    return list(input.shape[:axis]) + [1] * len(normalized_shape)
+
+
+@torch.library.register_fake("fastln::layer_norm_fwd")
+def _layer_norm_fwd_fake(
+    input: torch.Tensor,
+    normalized_shape: Sequence[int],
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    check_forward_inputs(input, normalized_shape, weight, bias)
+    stats = _stats_shape(input, normalized_shape)
+    acc = stats_dtype(input.dtype)
+    return (
+        input.new_empty(input.shape),
+        input.new_empty(stats, dtype=acc),
+        input.new_empty(stats, dtype=acc),
+    )
+
+
+@torch.library.register_fake("fastln::layer_norm_bwd")
+def _layer_norm_bwd_fake(
+    grad_out: torch.Tensor,
+    input: torch.Tensor,
+    normalized_shape: Sequence[int],
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    output_mask: Sequence[bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    check_forward_inputs(input, normalized_shape, weight, bias)
+    if grad_out.shape != input.shape:
+        raise RuntimeError(
+            f"Expected grad_out to have the input's shape {list(input.shape)}, but got "
+            f"{list(grad_out.shape)}"
+        )
+    dx = input.new_empty(input.shape) if output_mask[0] else None
+    dw = weight.new_empty(weight.shape) if output_mask[1] and weight is not None else None
+    db = bias.new_empty(bias.shape) if output_mask[2] and bias is not None else None
+    return dx, dw, db

@@ -1,0 +1,41 @@
+"""``fastln.LayerNorm`` and ``fastln.replace_layernorm``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .functional import layer_norm
+
+__all__ = ["LayerNorm", "replace_layernorm"]
+
+
+class LayerNorm(nn.LayerNorm):
+    """Drop-in :class:`torch.nn.LayerNorm` running fastln's kernels.
+
+    It subclasses ``nn.LayerNorm`` and changes only ``forward``: the constructor
+    (``normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, device=None,
+    dtype=None``), the parameters and their initialization, the ``state_dict``
+    keys and the ``repr`` are torch's own, and ``isinstance(m, nn.LayerNorm)``
+    still holds, so code that treats LayerNorms specially (weight-decay groups,
+    wrapping policies) keeps working.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+def replace_layernorm(module: nn.Module) -> nn.Module:
+    """Turns every ``torch.nn.LayerNorm`` in ``module`` (itself included) into a
+    ``fastln.LayerNorm``, in place, and returns ``module``.
+
+    The modules keep their identity, parameters (the same ``Parameter`` objects,
+    so an optimizer built before the swap still updates them), device, dtype,
+    hooks and training mode: only their class changes, which is sound because
+    ``fastln.LayerNorm`` adds no state to ``nn.LayerNorm``. Subclasses of
+    ``nn.LayerNorm`` are left alone, since they may override ``forward``.
+    """
+    for sub in module.modules():
+        if type(sub) is nn.LayerNorm:
+            sub.__class__ = LayerNorm
+    return module

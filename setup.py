@@ -1,0 +1,60 @@
+"""Build script of fastln: one extension module, fastln._C.
+
+The CUDA kernels are compiled when a CUDA toolkit is found *and* the installed
+torch was built with CUDA. The decision never asks torch.cuda.is_available(),
+so a machine without a GPU still builds (and CI still links) the CUDA path.
+FASTLN_FORCE_CPU=1 forces a CPU-only build.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import torch
+from setuptools import setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+# Architectures compiled when TORCH_CUDA_ARCH_LIST is unset: Ampere and Hopper
+# natively, plus PTX of the newest so that later GPUs can JIT it.
+DEFAULT_CUDA_ARCH_LIST = "8.0;9.0+PTX"
+
+
+def want_cuda() -> bool:
+    if os.environ.get("FASTLN_FORCE_CPU", "0") == "1":
+        return False
+    return torch.version.cuda is not None and CUDA_HOME is not None
+
+
+def sources(pattern: str) -> list[str]:
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+def make_extension():
+    cxx_flags = ["-O3", "-std=c++17"]
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    cpp_sources = sources("csrc/*.cpp") + sources("csrc/cpu/*.cpp")
+    if not want_cuda():
+        return CppExtension("fastln._C", cpp_sources, include_dirs=include_dirs,
+                            extra_compile_args={"cxx": cxx_flags})
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCH_LIST)
+    # The CUDA build of torch ships some CUDA headers (cusparse.h, ...) that
+    # ATen/cuda includes inside its pip packages rather than in CUDA_HOME.
+    nvidia_root = os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), "nvidia")
+    include_dirs += sorted(glob.glob(os.path.join(nvidia_root, "*", "include")))
+    nvcc_flags = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+    return CUDAExtension(
+        "fastln._C",
+        cpp_sources + sources("csrc/cuda/*.cu"),
+        include_dirs=include_dirs,
+        define_macros=[("FASTLN_WITH_CUDA", "1")],
+        extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+    )
+
+
+setup(
+    ext_modules=[make_extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)
