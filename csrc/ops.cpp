@@ -49,7 +49,8 @@ at::ScalarType stats_dtype(at::ScalarType input_dtype) {
 
 std::vector<int64_t> stats_shape(const at::Tensor& input,
                                  at::IntArrayRef normalized_shape) {
-  const int64_t axis = input.dim() - static_cast<int64_t>(normalized_shape.size());
+  const int64_t axis =
+      input.dim() - static_cast<int64_t>(normalized_shape.size());
   std::vector<int64_t> shape(input.sizes().begin(),
                              input.sizes().begin() + axis);
   shape.resize(input.dim(), 1);
@@ -120,13 +121,13 @@ RowShape check_backward_inputs(const at::Tensor& grad_out,
   const at::ScalarType acc = stats_dtype(input.scalar_type());
   for (const at::Tensor* stat : {&mean, &rstd}) {
     const char* name = stat == &mean ? "mean" : "rstd";
-    TORCH_CHECK(stat->numel() == rows.M, "Expected ", name, " to have ",
-                rows.M, " elements (one per row), but got ", stat->numel());
+    TORCH_CHECK(stat->numel() == rows.M, "Expected ", name, " to have ", rows.M,
+                " elements (one per row), but got ", stat->numel());
     TORCH_CHECK(stat->scalar_type() == acc, "Expected ", name,
                 " to have dtype ", acc, ", but got ", stat->scalar_type());
     TORCH_CHECK(stat->device() == input.device(), "Expected ", name,
-                " to be on the input's device ", input.device(),
-                ", but got ", stat->device());
+                " to be on the input's device ", input.device(), ", but got ",
+                stat->device());
   }
   return rows;
 }
@@ -147,7 +148,8 @@ TORCH_LIBRARY(fastln, m) {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fastln native kernels; the ops live in torch.ops.fastln";
   m.def(
-      "cuda_built", [] {
+      "cuda_built",
+      [] {
 #ifdef FASTLN_WITH_CUDA
         return true;
 #else

@@ -166,7 +166,8 @@ void backward_rows(const scalar_t* dy, const scalar_t* x, const acc_t* mean,
     scalar_t* dxr = dx + r * N;
     if (w != nullptr) {
       for (int64_t i = 0; i < N; ++i)
-        dxr[i] = static_cast<scalar_t>(dyr[i] * w[i] * rs + (xr[i] - mu) * p + q);
+        dxr[i] =
+            static_cast<scalar_t>(dyr[i] * w[i] * rs + (xr[i] - mu) * p + q);
     } else {
       for (int64_t i = 0; i < N; ++i)
         dxr[i] = static_cast<scalar_t>(dyr[i] * rs + (xr[i] - mu) * p + q);

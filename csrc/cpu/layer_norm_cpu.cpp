@@ -91,8 +91,8 @@ void backward_rows(const scalar_t* dy, const scalar_t* x, const acc_t* mean,
                    int64_t end, acc_t* scratch) {
 #ifdef FASTLN_HAVE_AVX2_KERNELS
   if (active_isa() == Isa::kAvx2)
-    return isa_avx2::backward_rows(dy, x, mean, rstd, w, dx, dw_acc, db_acc,
-                                   N, begin, end, scratch);
+    return isa_avx2::backward_rows(dy, x, mean, rstd, w, dx, dw_acc, db_acc, N,
+                                   begin, end, scratch);
 #endif
   isa_base::backward_rows(dy, x, mean, rstd, w, dx, dw_acc, db_acc, N, begin,
                           end, scratch);
@@ -192,12 +192,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd_cpu(
   const bool want_dx = output_mask[0];
   const bool want_dw = output_mask[1] && w_in.defined();
   const bool want_db = output_mask[2] && b_in.defined();
-  at::Tensor dx = want_dx ? at::empty(input.sizes(), input.options())
-                          : at::Tensor();
-  at::Tensor dw = want_dw ? at::empty(w_in.sizes(), w_in.options())
-                          : at::Tensor();
-  at::Tensor db = want_db ? at::empty(b_in.sizes(), b_in.options())
-                          : at::Tensor();
+  at::Tensor dx =
+      want_dx ? at::empty(input.sizes(), input.options()) : at::Tensor();
+  at::Tensor dw =
+      want_dw ? at::empty(w_in.sizes(), w_in.options()) : at::Tensor();
+  at::Tensor db =
+      want_db ? at::empty(b_in.sizes(), b_in.options()) : at::Tensor();
   if (M == 0 || N == 0) {
     // No rows: the column sums are empty sums. No columns: nothing to do.
     if (want_dw) dw.zero_();
@@ -223,7 +223,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd_cpu(
         const acc_t* rstd_ptr = rstd_c.const_data_ptr<acc_t>();
         const acc_t* w_ptr = data_or_null<acc_t>(w);
         scalar_t* dx_ptr = want_dx ? dx.mutable_data_ptr<scalar_t>() : nullptr;
-        const int64_t scratch_size = std::is_same_v<scalar_t, acc_t> ? 0 : 2 * N;
+        const int64_t scratch_size =
+            std::is_same_v<scalar_t, acc_t> ? 0 : 2 * N;
 
         if (!want_dw && !want_db) {
           at::parallel_for(0, M, row_grain(N), [&](int64_t begin, int64_t end) {
@@ -238,8 +239,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd_cpu(
 
         const BlockPlan plan = plan_blocks(M, N);
         // partial[block][0] sums dy * xhat, partial[block][1] sums dy.
-        at::Tensor partial = at::zeros({plan.num_blocks, 2, N},
-                                       x.options().dtype(acc));
+        at::Tensor partial =
+            at::zeros({plan.num_blocks, 2, N}, x.options().dtype(acc));
         acc_t* partial_ptr = partial.mutable_data_ptr<acc_t>();
         at::parallel_for(0, plan.num_blocks, 1, [&](int64_t b0, int64_t b1) {
           std::vector<acc_t> scratch(scratch_size);
