@@ -33,7 +33,9 @@ def sources(pattern: str) -> list[str]:
 
 
 def make_extension():
-    cxx_flags = ["-O3", "-std=c++17"]
+    # The C++ standard is left to torch.utils.cpp_extension: it passes the one
+    # the installed torch's headers need.
+    cxx_flags = ["-O3"]
     include_dirs = [os.path.join(ROOT, "csrc")]
     cpp_sources = sources("csrc/*.cpp") + sources("csrc/cpu/*.cpp")
     if not want_cuda():
@@ -44,7 +46,7 @@ def make_extension():
     # ATen/cuda includes inside its pip packages rather than in CUDA_HOME.
     nvidia_root = os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), "nvidia")
     include_dirs += sorted(glob.glob(os.path.join(nvidia_root, "*", "include")))
-    nvcc_flags = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+    nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
     return CUDAExtension(
         "fastln._C",
         cpp_sources + sources("csrc/cuda/*.cu"),
