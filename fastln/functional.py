@@ -88,7 +88,8 @@ class LayerNormFunction(torch.autograd.Function):
 
 
 def _supported_device(device: torch.device) -> bool:
-    return device.type == "cpu" or (device.type == "cuda" and _ops.cuda_built())
+    # meta runs the registered fake kernels (shape inference, deferred init).
+    return device.type in ("cpu", "meta") or (device.type == "cuda" and _ops.cuda_built())
 
 
 def layer_norm(
