@@ -41,9 +41,7 @@ def _composite_grads(
         y = y.to(input.dtype)
     tensors = (input, weight, bias)
     wanted = [t for t, need in zip(tensors, needs) if need and t is not None]
-    grads = iter(
-        torch.autograd.grad(y, wanted, grad_out, create_graph=True, allow_unused=True)
-    )
+    grads = iter(torch.autograd.grad(y, wanted, grad_out, create_graph=True, allow_unused=True))
     return [next(grads) if need and t is not None else None for t, need in zip(tensors, needs)]
 
 

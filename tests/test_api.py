@@ -134,31 +134,68 @@ def test_replace_root_module():
 # --- bad input: same exception types and messages as torch --------------------
 
 BAD_INPUTS = [
-    (lambda: (torch.randn(4, 2, 3), [2], None, None), RuntimeError,
-     r"Given normalized_shape=\[2\], expected input with shape \[\*, 2\], "
-     r"but got input of size\[4, 2, 3\]"),
-    (lambda: (torch.randn(4, 2, 3), [4, 2], None, None), RuntimeError,
-     r"Given normalized_shape=\[4, 2\], expected input with shape \[\*, 4, 2\]"),
-    (lambda: (torch.randn(3), [2, 3], None, None), RuntimeError,
-     r"expected input with shape \[\*, 2, 3\], but got input of size\[3\]"),
-    (lambda: (torch.randn(4, 3), [], None, None), RuntimeError,
-     r"Expected normalized_shape to be at least 1-dimensional"),
-    (lambda: (torch.randn(4, 3), [3], torch.ones(4), None), RuntimeError,
-     r"Expected weight to be of same shape as normalized_shape, but got weight of shape \[4\] "
-     r"and normalized_shape = \[3\]"),
-    (lambda: (torch.randn(4, 3), [3], None, torch.ones(2, 3)), RuntimeError,
-     r"Expected bias to be of same shape as normalized_shape"),
-    (lambda: (torch.randn(4, 3), [3], torch.ones(3, dtype=torch.float64), None), RuntimeError,
-     r"Expected weight to have the input's dtype"),
-    (lambda: (torch.randn(4, 3, dtype=torch.bfloat16), [3], torch.ones(3),
-              torch.ones(3, dtype=torch.bfloat16)), RuntimeError,
-     r"Expected weight and bias to have the same dtype"),
-    (lambda: (torch.randn(4, 3), [3], torch.ones(3, device="meta"), None), RuntimeError,
-     r"Expected weight to be on the same device as input"),
-    (lambda: (torch.ones(4, 3, dtype=torch.int32), [3], None, None), NotImplementedError,
-     r"not implemented for 'Int'"),
-    (lambda: (torch.ones(4, 3, dtype=torch.complex64), [3], None, None), NotImplementedError,
-     r"not implemented for 'ComplexFloat'"),
+    (
+        lambda: (torch.randn(4, 2, 3), [2], None, None),
+        RuntimeError,
+        r"Given normalized_shape=\[2\], expected input with shape \[\*, 2\], "
+        r"but got input of size\[4, 2, 3\]",
+    ),
+    (
+        lambda: (torch.randn(4, 2, 3), [4, 2], None, None),
+        RuntimeError,
+        r"Given normalized_shape=\[4, 2\], expected input with shape \[\*, 4, 2\]",
+    ),
+    (
+        lambda: (torch.randn(3), [2, 3], None, None),
+        RuntimeError,
+        r"expected input with shape \[\*, 2, 3\], but got input of size\[3\]",
+    ),
+    (
+        lambda: (torch.randn(4, 3), [], None, None),
+        RuntimeError,
+        r"Expected normalized_shape to be at least 1-dimensional",
+    ),
+    (
+        lambda: (torch.randn(4, 3), [3], torch.ones(4), None),
+        RuntimeError,
+        r"Expected weight to be of same shape as normalized_shape, but got weight of shape \[4\] "
+        r"and normalized_shape = \[3\]",
+    ),
+    (
+        lambda: (torch.randn(4, 3), [3], None, torch.ones(2, 3)),
+        RuntimeError,
+        r"Expected bias to be of same shape as normalized_shape",
+    ),
+    (
+        lambda: (torch.randn(4, 3), [3], torch.ones(3, dtype=torch.float64), None),
+        RuntimeError,
+        r"Expected weight to have the input's dtype",
+    ),
+    (
+        lambda: (
+            torch.randn(4, 3, dtype=torch.bfloat16),
+            [3],
+            torch.ones(3),
+            torch.ones(3, dtype=torch.bfloat16),
+        ),
+        RuntimeError,
+        r"Expected weight and bias to have the same dtype",
+    ),
+    (
+        lambda: (torch.randn(4, 3), [3], torch.ones(3, device="meta"), None),
+        RuntimeError,
+        r"Expected weight to be on the same device as input",
+    ),
+    (
+        lambda: (torch.ones(4, 3, dtype=torch.int32), [3], None, None),
+        NotImplementedError,
+        r"not implemented for 'Int'",
+    ),
+    (
+        lambda: (torch.ones(4, 3, dtype=torch.complex64), [3], None, None),
+        NotImplementedError,
+        r"not implemented for 'ComplexFloat'",
+    ),
 ]
 
 
@@ -188,11 +225,13 @@ def test_bad_grad_out_shape_raises():
     x = torch.randn(3, 4)
     _, mean, rstd = torch.ops.fastln.layer_norm_fwd(x, [4], None, None, 1e-5)
     with pytest.raises(RuntimeError, match="grad_out"):
-        torch.ops.fastln.layer_norm_bwd(torch.randn(3, 5), x, [4], mean, rstd, None, None,
-                                        [True, False, False])
+        torch.ops.fastln.layer_norm_bwd(
+            torch.randn(3, 5), x, [4], mean, rstd, None, None, [True, False, False]
+        )
     with pytest.raises(RuntimeError, match="mean"):
-        torch.ops.fastln.layer_norm_bwd(torch.randn(3, 4), x, [4], mean[:2], rstd, None, None,
-                                        [True, False, False])
+        torch.ops.fastln.layer_norm_bwd(
+            torch.randn(3, 4), x, [4], mean[:2], rstd, None, None, [True, False, False]
+        )
 
 
 def test_unsupported_device_is_a_clear_error():

@@ -15,8 +15,9 @@ from conftest import assert_close, reference, run_layer_norm
 import fastln
 
 
-@pytest.mark.parametrize("shape,ns", [((0, 8), (8,)), ((2, 0, 8), (8,)), ((4, 0), (0,)),
-                                      ((3, 2, 0), (2, 0))], ids=str)
+@pytest.mark.parametrize(
+    "shape,ns", [((0, 8), (8,)), ((2, 0, 8), (8,)), ((4, 0), (0,)), ((3, 2, 0), (2, 0))], ids=str
+)
 def test_empty(shape, ns):
     x = torch.randn(shape)
     w = torch.randn(ns, requires_grad=True)
@@ -135,8 +136,13 @@ def test_baseline_and_avx2_kernels_agree(tmp_path):
         else:
             env.pop("FASTLN_CPU_ISA", None)
         prefix = str(tmp_path / isa)
-        proc = subprocess.run([sys.executable, "-c", f"OUT = {prefix!r}\n" + _run_isa(isa)],
-                              env=env, capture_output=True, text=True, check=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", f"OUT = {prefix!r}\n" + _run_isa(isa)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         outputs[isa] = proc.stdout.strip()
     assert outputs["base"] == "base"
     for dt in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
@@ -154,8 +160,10 @@ def _available_memory_bytes() -> int:
     return 0
 
 
-@pytest.mark.skipif(_available_memory_bytes() < 16 * 2**30,
-                    reason="needs 16 GiB of free memory for a > 2**31-element tensor")
+@pytest.mark.skipif(
+    _available_memory_bytes() < 16 * 2**30,
+    reason="needs 16 GiB of free memory for a > 2**31-element tensor",
+)
 def test_more_than_2_31_elements():
     # bfloat16 [524289, 4096]: 2**31 + 4096 elements (4 GiB); indices past
     # 2**31 must not wrap. Every row is the same, so the last rows can be
@@ -172,8 +180,9 @@ def test_more_than_2_31_elements():
     assert torch.equal(mean[-1], mean[0]) and torch.equal(rstd[-1], rstd[0])
     del out
     dy = x  # any grad; reuse the buffer to stay within memory
-    dx, dw, _ = torch.ops.fastln.layer_norm_bwd(dy, x, [N], mean, rstd, w, None,
-                                                [True, True, False])
+    dx, dw, _ = torch.ops.fastln.layer_norm_bwd(
+        dy, x, [N], mean, rstd, w, None, [True, True, False]
+    )
     del x
     want_bwd = reference(row[None], (N,), w, None, 1e-5, row[None])
     assert_close(dx[-1:], want_bwd[1], torch.bfloat16, backward=True, what="dx last row")

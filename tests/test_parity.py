@@ -53,8 +53,11 @@ def _check(x, normalized_shape, w, b, eps, g):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape,normalized_shape", SHAPES, ids=str)
-@pytest.mark.parametrize("affine,with_bias", [(True, True), (True, False), (False, False)],
-                         ids=["affine", "weight_only", "no_affine"])
+@pytest.mark.parametrize(
+    "affine,with_bias",
+    [(True, True), (True, False), (False, False)],
+    ids=["affine", "weight_only", "no_affine"],
+)
 def test_parity(dtype, shape, normalized_shape, affine, with_bias):
     x, w, b, g = _inputs(shape, normalized_shape, dtype, affine, with_bias)
     _check(x, normalized_shape, w, b, 1e-5, g)
@@ -96,8 +99,7 @@ def test_many_rows_parameter_grads():
 @pytest.mark.parametrize("view", ["transposed", "strided", "offset"])
 def test_non_contiguous_input(view):
     base = torch.randn(64, 130)
-    x = {"transposed": base.t(), "strided": base[::2, ::2],
-         "offset": base[:, 1:]}[view]
+    x = {"transposed": base.t(), "strided": base[::2, ::2], "offset": base[:, 1:]}[view]
     assert not x.is_contiguous() or x.storage_offset() != 0
     N = x.shape[-1]
     w, b = torch.randn(N), torch.randn(N)

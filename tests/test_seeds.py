@@ -13,15 +13,17 @@ def test_seed_003_normalize_last_dim_and_last_two_dims():
     x = torch.tensor([[[1.0, 2, -1, 1], [3, 4, -2, 2]], [[1, 2, -1, 1], [3, 4, -2, 2]]])
     assert x.shape == (2, 2, 4)
     over_last = fastln.LayerNorm(normalized_shape=[4])(x)
-    expected_last = torch.tensor([[0.2294, 1.1471, -1.6059, 0.2294],
-                                  [0.5488, 0.9879, -1.6465, 0.1098]]).expand(2, 2, 4)
+    expected_last = torch.tensor(
+        [[0.2294, 1.1471, -1.6059, 0.2294], [0.5488, 0.9879, -1.6465, 0.1098]]
+    ).expand(2, 2, 4)
     torch.testing.assert_close(over_last, expected_last, atol=1e-4, rtol=0)
     # Each normalized row sums to zero (the document prints ~1e-16).
     torch.testing.assert_close(over_last.sum(-1), torch.zeros(2, 2), atol=1e-6, rtol=0)
 
     over_two = fastln.LayerNorm(normalized_shape=[2, 4])(x)
-    expected_two = torch.tensor([[-0.1348, 0.4045, -1.2136, -0.1348],
-                                 [0.9439, 1.4832, -1.7529, 0.4045]]).expand(2, 2, 4)
+    expected_two = torch.tensor(
+        [[-0.1348, 0.4045, -1.2136, -0.1348], [0.9439, 1.4832, -1.7529, 0.4045]]
+    ).expand(2, 2, 4)
     torch.testing.assert_close(over_two, expected_two, atol=1e-4, rtol=0)
     torch.testing.assert_close(over_two.sum((-2, -1)), torch.zeros(2), atol=1e-6, rtol=0)
     assert over_two.grad_fn is not None  # a trainable module's output carries a graph
@@ -41,8 +43,10 @@ def test_seed_001_matches_hand_written_layer_norm():
 def test_seed_001_error_message():
     with pytest.raises(RuntimeError) as info:
         fastln.LayerNorm(normalized_shape=[2])(torch.rand(4, 2, 3))
-    assert ("Given normalized_shape=[2], expected input with shape [*, 2], "
-            "but got input of size[4, 2, 3]") in str(info.value)
+    assert (
+        "Given normalized_shape=[2], expected input with shape [*, 2], "
+        "but got input of size[4, 2, 3]"
+    ) in str(info.value)
 
 
 def test_seed_000_ones_with_eps_zero_and_nlp_example():
@@ -90,8 +94,9 @@ class LayerNormBlock(nn.Module):
 
 
 class SimpleLayerNormModel(nn.Module):
-    def __init__(self, input_dim: int, hidden_dim: int, num_classes: int,
-                 norm: type[nn.Module]) -> None:
+    def __init__(
+        self, input_dim: int, hidden_dim: int, num_classes: int, norm: type[nn.Module]
+    ) -> None:
         super().__init__()
         self.layer1 = LayerNormBlock(input_dim, norm)
         self.layer2 = LayerNormBlock(hidden_dim, norm)
@@ -115,8 +120,11 @@ def _train_seed_002(norm: type[nn.Module]):
     loss = criterion(output, targets)
     loss.backward()
     optimizer.step()
-    stats = {name: (p.data.mean().item(), p.data.std().item())
-             for name, p in model.named_parameters() if "layer_norm" in name}
+    stats = {
+        name: (p.data.mean().item(), p.data.std().item())
+        for name, p in model.named_parameters()
+        if "layer_norm" in name
+    }
     test_output = model(torch.randn(32, 128) * 10 + 50)
     return loss.item(), stats, test_output
 
@@ -125,8 +133,9 @@ def test_seed_002_training_step_of_layer_norm_blocks():
     loss_ours, stats_ours, out_ours = _train_seed_002(fastln.LayerNorm)
     loss_torch, stats_torch, out_torch = _train_seed_002(nn.LayerNorm)
     assert loss_ours == pytest.approx(loss_torch, rel=1e-5)
-    assert list(stats_ours) == [f"layer{i}.layer_norm.{p}" for i in (1, 2, 3)
-                                for p in ("weight", "bias")]
+    assert list(stats_ours) == [
+        f"layer{i}.layer_norm.{p}" for i in (1, 2, 3) for p in ("weight", "bias")
+    ]
     for name, (mean, std) in stats_ours.items():
         # One Adam step at lr=1e-3 moves every parameter by about 1e-3, as in
         # the document (weight mean 1.0000, std 0.0010).
