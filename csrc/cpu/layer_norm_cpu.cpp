@@ -10,9 +10,11 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <tuple>
@@ -28,7 +30,9 @@ namespace cpu {
 // AVX2 + FMA + F16C and chosen at run time when the processor has them, the
 // way ATen compiles its own CPU kernels per capability.
 namespace isa_base {
+#define FASTLN_VEC_BYTES 16
 #include "kernels.h"
+#undef FASTLN_VEC_BYTES
 }  // namespace isa_base
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -41,7 +45,9 @@ namespace isa_base {
 #pragma GCC target("avx2,fma,f16c")
 #endif
 namespace isa_avx2 {
+#define FASTLN_VEC_BYTES 32
 #include "kernels.h"
+#undef FASTLN_VEC_BYTES
 }  // namespace isa_avx2
 #if defined(__clang__)
 #pragma clang attribute pop
