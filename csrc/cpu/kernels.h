@@ -176,26 +176,34 @@ void forward_rows(const scalar_t* x, const acc_t* w, const acc_t* b,
 // The saved mean is rounded to acc_t, which for |mean| >> std is off by a
 // good fraction of a std (see row_stats); the first pass therefore also sums
 // d = x - mean, whose average `delta` corrects it: xhat = (d - delta) * rstd.
-// This function adds its rows' column sums into dw_acc / db_acc (N acc_t
-// each, nullptr when not wanted) and writes dx (nullptr when not wanted).
+// Writes dx for every row and, when kParamGrads, adds the rows' dy * xhat
+// and dy column sums into dw_acc and db_acc (N acc_t each). The variants are
+// compile-time so that the per-element loop has no branch and vectorizes.
 // `scratch` holds 2 * N acc_t.
-template <typename scalar_t, typename acc_t>
-void backward_rows(const scalar_t* dy, const scalar_t* x, const acc_t* mean,
-                   const acc_t* rstd, const acc_t* w, scalar_t* dx,
-                   acc_t* dw_acc, acc_t* db_acc, int64_t N, int64_t row_begin,
-                   int64_t row_end, acc_t* scratch) {
+template <bool kHasWeight, bool kParamGrads, typename scalar_t, typename acc_t>
+void backward_rows_impl(const scalar_t* dy, const scalar_t* x,
+                        const acc_t* mean, const acc_t* rstd,
+                        const acc_t* __restrict__ w, scalar_t* __restrict__ dx,
+                        acc_t* __restrict__ dw_acc, acc_t* __restrict__ db_acc,
+                        int64_t N, int64_t row_begin, int64_t row_end,
+                        acc_t* scratch) {
   const acc_t inv_n = acc_t(1) / static_cast<acc_t>(N);
   for (int64_t r = row_begin; r < row_end; ++r) {
-    const acc_t* xr = row_as_acc(x + r * N, N, scratch);
-    const acc_t* dyr = row_as_acc(dy + r * N, N, scratch + N);
+    const acc_t* __restrict__ xr = row_as_acc(x + r * N, N, scratch);
+    const acc_t* __restrict__ dyr = row_as_acc(dy + r * N, N, scratch + N);
     const acc_t mu = mean[r];
     const acc_t rs = rstd[r];
 
     // Pass 1: sum(d), sum(g) and sum(g * d).
     const auto [sum_d, sum_g, sum_gd] = row_sums<3, acc_t>(N, [&](auto at) {
       const auto d = at(xr) - mu;
-      const auto g = w != nullptr ? at(dyr) * at(w) : at(dyr);
-      return std::array{d, g, g * d};
+      if constexpr (kHasWeight) {
+        const auto g = at(dyr) * at(w);
+        return std::array{d, g, g * d};
+      } else {
+        const auto g = at(dyr);
+        return std::array{d, g, g * d};
+      }
     });
     const acc_t delta = sum_d * inv_n;
     const acc_t mean_g = sum_g * inv_n;
@@ -205,15 +213,36 @@ void backward_rows(const scalar_t* dy, const scalar_t* x, const acc_t* mean,
     // Pass 2: dx = (g - mean_g) * rs - xhat * (rs * mean_gx), and the
     // parameter-gradient column sums.
     const acc_t c = rs * mean_gx;
-    scalar_t* dxr = dx != nullptr ? dx + r * N : nullptr;
+    scalar_t* __restrict__ dxr = dx + r * N;
     for (int64_t i = 0; i < N; ++i) {
       const acc_t xhat = ((xr[i] - mu) - delta) * rs;
-      if (dw_acc != nullptr) dw_acc[i] += dyr[i] * xhat;
-      if (db_acc != nullptr) db_acc[i] += dyr[i];
-      if (dxr != nullptr) {
-        const acc_t g = w != nullptr ? dyr[i] * w[i] : dyr[i];
-        dxr[i] = static_cast<scalar_t>((g - mean_g) * rs - xhat * c);
+      const acc_t g = kHasWeight ? dyr[i] * w[i] : dyr[i];
+      dxr[i] = static_cast<scalar_t>((g - mean_g) * rs - xhat * c);
+      if constexpr (kParamGrads) {
+        dw_acc[i] += dyr[i] * xhat;
+        db_acc[i] += dyr[i];
       }
     }
   }
+}
+
+// dw_acc and db_acc are both given (dweight/dbias wanted) or both nullptr.
+template <typename scalar_t, typename acc_t>
+void backward_rows(const scalar_t* dy, const scalar_t* x, const acc_t* mean,
+                   const acc_t* rstd, const acc_t* w, scalar_t* dx,
+                   acc_t* dw_acc, acc_t* db_acc, int64_t N, int64_t row_begin,
+                   int64_t row_end, acc_t* scratch) {
+  const bool param_grads = dw_acc != nullptr;
+  if (w != nullptr && param_grads)
+    backward_rows_impl<true, true>(dy, x, mean, rstd, w, dx, dw_acc, db_acc, N,
+                                   row_begin, row_end, scratch);
+  else if (w != nullptr)
+    backward_rows_impl<true, false>(dy, x, mean, rstd, w, dx, dw_acc, db_acc, N,
+                                    row_begin, row_end, scratch);
+  else if (param_grads)
+    backward_rows_impl<false, true>(dy, x, mean, rstd, w, dx, dw_acc, db_acc, N,
+                                    row_begin, row_end, scratch);
+  else
+    backward_rows_impl<false, false>(dy, x, mean, rstd, w, dx, dw_acc, db_acc,
+                                     N, row_begin, row_end, scratch);
 }
