@@ -24,8 +24,17 @@ def _compiler() -> str | None:
 def test_cuda_plan_invariants(tmp_path):
     exe = tmp_path / "cuda_plan_check"
     subprocess.run(
-        [_compiler(), "-std=c++17", "-O1", "-Wall", "-Werror", f"-I{ROOT / 'csrc'}",
-         str(ROOT / "tests" / "cuda_plan_check.cpp"), "-o", str(exe)],
+        [
+            _compiler(),
+            "-std=c++17",
+            "-O1",
+            "-Wall",
+            "-Werror",
+            f"-I{ROOT / 'csrc'}",
+            str(ROOT / "tests" / "cuda_plan_check.cpp"),
+            "-o",
+            str(exe),
+        ],
         check=True,
     )
     result = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
