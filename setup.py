@@ -61,12 +61,6 @@ def make_extension() -> Extension:
     nvidia_root = os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), "nvidia")
     include_dirs += sorted(glob.glob(os.path.join(nvidia_root, "*", "include")))
     nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
-    # torch 2.13's headers use default initializers of bit-fields (C++20),
-    # which nvcc's front end (#3306-D) and its host compiler
-    # (-Wc++20-extensions) report once per translation unit when
-    # cpp_extension picks C++17; the warnings are in torch's headers, not in
-    # ours, so silence just those two.
-    nvcc_flags += ["-diag-suppress=3306", "-Xcompiler=-Wno-c++20-extensions"]
     return CUDAExtension(
         "fastln._C",
         cpp_sources + sources("csrc/cuda/*.cu"),

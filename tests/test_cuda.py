@@ -398,3 +398,45 @@ def test_module_on_cuda_matches_torch():
     torch.testing.assert_close(
         ours(x), F.layer_norm(x, (768,), torch_ln.weight, torch_ln.bias), rtol=2e-5, atol=2e-5
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("n", [512, 4096, 65536])
+def test_huge_offset_keeps_accuracy(n, dtype):
+    """Rows of 1e4 + 1e-3 * noise: float32 holds 1e4 only to 1e-3, the scale of
+    the signal, so the kernels must normalize x - shift (forward) and correct
+    the rounded saved mean (backward), like the CPU backend."""
+    base = torch.randn(16, n, dtype=torch.float64, device="cuda")
+    x = (base * 1e-3 + 1e4).to(dtype)
+    w = torch.randn(n, dtype=dtype, device="cuda")
+    b = torch.randn(n, dtype=dtype, device="cuda")
+    g = torch.randn(16, n, dtype=dtype, device="cuda")
+    got = run_direct(x, (n,), w, b, 1e-12, g)
+    want = reference(x, (n,), w, b, 1e-12, g)
+    assert_close(got[0], want[0], dtype, what="out")
+    assert_close(got[1] * 1e-3, want[1] * 1e-3, dtype, backward=True, what="dx")
+    assert_close(got[2], want[2], dtype, backward=True, what="dweight")
+    assert_close(got[3], want[3], dtype, backward=True, what="dbias")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("n", [1000, 4096, 65536])
+def test_constant_rows(n, dtype):
+    x = torch.full((4, n), 3.25, dtype=dtype, device="cuda")
+    w = torch.randn(n, dtype=dtype, device="cuda")
+    b = torch.randn(n, dtype=dtype, device="cuda")
+    g = torch.randn(4, n, dtype=dtype, device="cuda")
+    out, dx, dw, db = run_direct(x, (n,), w, b, 1e-5, g)
+    assert torch.equal(out, b.expand(4, n))  # exactly: x - mean is exactly 0
+    want = reference(x, (n,), w, b, 1e-5, g)
+    assert_close(dx, want[1], dtype, backward=True, what="dx")
+    assert torch.equal(dw, torch.zeros_like(dw))
+    assert_close(db, want[3], dtype, backward=True, what="db")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_one_element_rows(dtype):
+    x = torch.randn(10, 1, dtype=dtype, device="cuda") * 100
+    b = torch.randn(1, dtype=dtype, device="cuda")
+    out = fastln.layer_norm(x, (1,), torch.randn(1, dtype=dtype, device="cuda"), b)
+    assert torch.equal(out, b.expand(10, 1))

@@ -82,10 +82,14 @@ __device__ __forceinline__ double rsqrt_acc(double v) { return rsqrt(v); }
 //
 // A state summarizes `count` values by their mean and their sum of squared
 // deviations m2 = sum (x - mean)^2. Unlike sum(x) / sum(x^2), it does not
-// cancel when |mean| >> std. count is kept in acc_t so that it shuffles and
-// divides like the rest; float counts are exact up to 2^24 elements per row,
-// and above that a count's relative rounding (< 2^-24) is far below the
-// rounding of the statistics themselves.
+// cancel when |mean| >> std. The kernels feed it x - shift, with shift the
+// row's first element: the merges then work on values of the scale of the
+// row's spread rather than of its offset, where the rounded partial means
+// would carry errors of a good fraction of a std (float32 holds 1e4 only to
+// 1e-3), and the output is formed as ((x - shift) - mean) * rstd. count is kept
+// in acc_t so that it shuffles and divides like the rest; float counts are
+// exact up to 2^24 elements per row, and above that a count's relative rounding
+// (< 2^-24) is far below the rounding of the statistics themselves.
 template <typename acc_t>
 struct WelfordState {
   acc_t mean;
@@ -146,25 +150,28 @@ __device__ __forceinline__ WelfordState<acc_t> shfl_leader(
           __shfl_sync(kFullMask, s.count, 0, width)};
 }
 
-// Two sums reduced together (the backward's sum(g) and sum(g * xhat)).
+// Three sums reduced together (the backward's sum(d), sum(g), sum(g * d)).
 template <typename acc_t>
-struct SumPair {
+struct SumTriple {
   acc_t a;
   acc_t b;
+  acc_t c;
 };
 
 template <typename acc_t>
-__device__ __forceinline__ SumPair<acc_t> shfl_down(const SumPair<acc_t>& s,
-                                                    int offset, int width) {
+__device__ __forceinline__ SumTriple<acc_t> shfl_down(const SumTriple<acc_t>& s,
+                                                      int offset, int width) {
   return {__shfl_down_sync(kFullMask, s.a, offset, width),
-          __shfl_down_sync(kFullMask, s.b, offset, width)};
+          __shfl_down_sync(kFullMask, s.b, offset, width),
+          __shfl_down_sync(kFullMask, s.c, offset, width)};
 }
 
 template <typename acc_t>
-__device__ __forceinline__ SumPair<acc_t> shfl_leader(const SumPair<acc_t>& s,
-                                                      int width) {
+__device__ __forceinline__ SumTriple<acc_t> shfl_leader(
+    const SumTriple<acc_t>& s, int width) {
   return {__shfl_sync(kFullMask, s.a, 0, width),
-          __shfl_sync(kFullMask, s.b, 0, width)};
+          __shfl_sync(kFullMask, s.b, 0, width),
+          __shfl_sync(kFullMask, s.c, 0, width)};
 }
 
 template <typename acc_t>
@@ -174,9 +181,9 @@ __device__ __forceinline__ WelfordState<acc_t> reduce_op(
 }
 
 template <typename acc_t>
-__device__ __forceinline__ SumPair<acc_t> reduce_op(const SumPair<acc_t>& a,
-                                                    const SumPair<acc_t>& b) {
-  return {a.a + b.a, a.b + b.b};
+__device__ __forceinline__ SumTriple<acc_t> reduce_op(
+    const SumTriple<acc_t>& a, const SumTriple<acc_t>& b) {
+  return {a.a + b.a, a.b + b.b, a.c + b.c};
 }
 
 // ---------------------------------------------------------------------------

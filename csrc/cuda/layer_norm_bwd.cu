@@ -4,6 +4,11 @@
 //   dx      = rstd * (g - mean(g) - xhat * mean(g * xhat))   (per row)
 //   dweight = sum over rows of dy * xhat                      (per column)
 //   dbias   = sum over rows of dy                             (per column)
+// The saved mean is rounded to acc_t, which for |mean| >> std is off by a
+// good fraction of a std (float32 holds 1e4 only to 1e-3). So, as on the CPU,
+// each row also sums d = x - mean (exact for such rows), whose average delta
+// corrects it: xhat = (d - delta) * rstd, and
+// mean(g * xhat) = rstd * (mean(g * d) - delta * mean(g)).
 // The row kernels read x and dy once, write dx, and keep per-block column
 // sums of dy * xhat and dy in acc_t. Each block writes its sums to its own
 // row of a [blocks, 2, N] workspace, and layer_norm_bwd_param_reduce_kernel
@@ -38,16 +43,33 @@ __device__ __forceinline__ void load_weight(const W* weight, int64_t col,
   }
 }
 
-// dx of one pack from xhat, dy, the weights and the row's mean(g) and
-// mean(g * xhat).
+// Per-row constants of the backward from the row's sums of d = x - mean,
+// g and g * d (see the top of this file).
+template <typename acc_t>
+struct RowGrad {
+  acc_t delta;    // mean(d): the correction of the saved mean
+  acc_t mean_g;   // mean(g)
+  acc_t mean_gx;  // mean(g * xhat)
+};
+
+template <typename acc_t>
+__device__ __forceinline__ RowGrad<acc_t> row_grad(const SumTriple<acc_t>& s,
+                                                   acc_t rstd, acc_t inv_n) {
+  RowGrad<acc_t> r;
+  r.delta = s.a * inv_n;
+  r.mean_g = s.b * inv_n;
+  r.mean_gx = rstd * (s.c * inv_n - r.delta * r.mean_g);
+  return r;
+}
+
+// dx of one pack from xhat, dy, the weights and the row's constants.
 template <int kVec, typename acc_t>
 __device__ __forceinline__ void dx_pack(const acc_t* xhat, const acc_t* dy,
                                         const acc_t* w, acc_t rstd,
-                                        acc_t mean_g, acc_t mean_gx,
-                                        acc_t* out) {
+                                        const RowGrad<acc_t>& rg, acc_t* out) {
 #pragma unroll
   for (int j = 0; j < kVec; ++j)
-    out[j] = rstd * (dy[j] * w[j] - mean_g - xhat[j] * mean_gx);
+    out[j] = rstd * (dy[j] * w[j] - rg.mean_g - xhat[j] * rg.mean_gx);
 }
 
 // Rows held in registers (plan_rows cases 1 and 2 with backward_max_cols),
@@ -57,7 +79,8 @@ __device__ __forceinline__ void dx_pack(const acc_t* xhat, const acc_t* dy,
 // * kVec. A thread thus owns the same columns in every row it visits, and
 // sums their dy * xhat and dy over those rows in registers.
 //
-// dx == nullptr: no dx (and no row reduction). partial == nullptr: no
+// dx == nullptr: no dx (the row sums are still reduced: dweight needs the
+// corrected xhat). partial == nullptr: no
 // dweight/dbias; else the block writes its column sums to
 // partial[blockIdx.x][0][:] (dy * xhat) and partial[blockIdx.x][1][:] (dy),
 // all N columns, after adding those of its row groups in group order through
@@ -75,7 +98,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
                               int threads_per_row) {
   static_assert(kCols % kVec == 0, "a thread holds whole packs");
   constexpr int kPacks = kCols / kVec;
-  __shared__ SumPair<acc_t> scratch[kWarpSize + 1];
+  __shared__ SumTriple<acc_t> scratch[kWarpSize + 1];
   extern __shared__ __align__(16) unsigned char fastln_smem[];
   const int rows_per_block = blockDim.x / threads_per_row;
   const int group = threadIdx.x / threads_per_row;
@@ -95,13 +118,13 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
     const acc_t mu = row_ok ? mean[row] : acc_t(0);
     const acc_t rs = row_ok ? rstd[row] : acc_t(0);
 
-    acc_t xhat[kCols];
+    acc_t dv[kCols];  // d = x - mean
     acc_t dyv[kCols];
-    SumPair<acc_t> sums{0, 0};  // sum(g), sum(g * xhat)
+    SumTriple<acc_t> sums{0, 0, 0};  // sum(d), sum(g), sum(g * d)
 #pragma unroll
     for (int p = 0; p < kPacks; ++p) {
       const int col = (p * threads_per_row + lane) * kVec;
-      acc_t* xp = xhat + p * kVec;
+      acc_t* xp = dv + p * kVec;
       acc_t* dp = dyv + p * kVec;
       if (row_ok && col < N) {
         load_as<acc_t, kVec>(x + offset + col, xp);
@@ -110,33 +133,38 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
         load_weight<kVec>(weight, col, w);
 #pragma unroll
         for (int j = 0; j < kVec; ++j) {
-          xp[j] = (xp[j] - mu) * rs;
+          xp[j] -= mu;
           const acc_t g = dp[j] * w[j];
-          sums.a += g;
-          sums.b += g * xp[j];
-          dw_sum[p * kVec + j] += dp[j] * xp[j];
-          db_sum[p * kVec + j] += dp[j];
+          sums.a += xp[j];
+          sums.b += g;
+          sums.c += g * xp[j];
         }
       } else {
 #pragma unroll
         for (int j = 0; j < kVec; ++j) xp[j] = dp[j] = 0;
       }
     }
-    if (dx == nullptr) continue;  // uniform: a kernel argument
-
     sums = row_allreduce(sums, threads_per_row, scratch);
-    const acc_t mean_g = sums.a * inv_n;
-    const acc_t mean_gx = sums.b * inv_n;
+    const RowGrad<acc_t> rg = row_grad(sums, rs, inv_n);
+
 #pragma unroll
     for (int p = 0; p < kPacks; ++p) {
       const int col = (p * threads_per_row + lane) * kVec;
       if (row_ok && col < N) {
-        acc_t w[kVec];
-        load_weight<kVec>(weight, col, w);
-        acc_t out[kVec];
-        dx_pack<kVec>(xhat + p * kVec, dyv + p * kVec, w, rs, mean_g, mean_gx,
-                      out);
-        store_as<kVec>(dx + offset + col, out);
+        acc_t xh[kVec];
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) {
+          xh[j] = (dv[p * kVec + j] - rg.delta) * rs;
+          dw_sum[p * kVec + j] += dyv[p * kVec + j] * xh[j];
+          db_sum[p * kVec + j] += dyv[p * kVec + j];
+        }
+        if (dx != nullptr) {
+          acc_t w[kVec];
+          load_weight<kVec>(weight, col, w);
+          acc_t out[kVec];
+          dx_pack<kVec>(xh, dyv + p * kVec, w, rs, rg, out);
+          store_as<kVec>(dx + offset + col, out);
+        }
       }
     }
   }
@@ -187,9 +215,9 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
 }
 
 // Rows too long for registers (any N): a block per row, looping over the
-// row's packs. Pass 1 (only when dx is wanted) reduces sum(g) and
-// sum(g * xhat) and, with `cache_rows`, copies x and dy (in T) to dynamic
-// shared memory (2 * N * sizeof(T) bytes) for pass 2, which writes dx and
+// row's packs. Pass 1 reduces sum(d), sum(g), sum(g * d) and, with
+// `cache_rows`, copies x and dy (in T) to dynamic shared memory
+// (2 * N * sizeof(T) bytes) for pass 2, which writes dx (when wanted) and
 // adds dy * xhat and dy to the block's workspace row partial[blockIdx.x]
 // (stored by the block's first row, added by the following ones: the row is
 // the block's own, so this needs no atomics and no zeroing). Each thread
@@ -209,7 +237,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
   const int64_t num_packs = N / kVec;
   Pack<T, kVec>* x_cache = reinterpret_cast<Pack<T, kVec>*>(fastln_smem);
   Pack<T, kVec>* dy_cache = x_cache + num_packs;
-  __shared__ SumPair<acc_t> scratch[kWarpSize + 1];
+  __shared__ SumTriple<acc_t> scratch[kWarpSize + 1];
   const acc_t inv_n = acc_t(1) / static_cast<acc_t>(N);
   acc_t* dw_out =
       partial != nullptr ? partial + int64_t{blockIdx.x} * 2 * N : nullptr;
@@ -220,49 +248,45 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
     const T* dyr = dy + row * N;
     const acc_t mu = mean[row];
     const acc_t rs = rstd[row];
-    acc_t mean_g = 0;
-    acc_t mean_gx = 0;
-    if (dx != nullptr) {
-      SumPair<acc_t> sums{0, 0};
-      for (int64_t i = threadIdx.x; i < num_packs; i += blockDim.x) {
-        const Pack<T, kVec> px = load_pack<T, kVec>(xr + i * kVec);
-        const Pack<T, kVec> pd = load_pack<T, kVec>(dyr + i * kVec);
-        if (cache_rows) {
-          x_cache[i] = px;
-          dy_cache[i] = pd;
-        }
-        acc_t w[kVec];
-        load_weight<kVec>(weight, i * kVec, w);
-#pragma unroll
-        for (int j = 0; j < kVec; ++j) {
-          const acc_t xh = (static_cast<acc_t>(px.val[j]) - mu) * rs;
-          const acc_t g = static_cast<acc_t>(pd.val[j]) * w[j];
-          sums.a += g;
-          sums.b += g * xh;
-        }
-      }
-      sums = block_allreduce(sums, scratch);
-      mean_g = sums.a * inv_n;
-      mean_gx = sums.b * inv_n;
-    }
+    SumTriple<acc_t> sums{0, 0, 0};  // sum(d), sum(g), sum(g * d)
     for (int64_t i = threadIdx.x; i < num_packs; i += blockDim.x) {
-      const bool cached = cache_rows && dx != nullptr;
+      const Pack<T, kVec> px = load_pack<T, kVec>(xr + i * kVec);
+      const Pack<T, kVec> pd = load_pack<T, kVec>(dyr + i * kVec);
+      if (cache_rows) {
+        x_cache[i] = px;
+        dy_cache[i] = pd;
+      }
+      acc_t w[kVec];
+      load_weight<kVec>(weight, i * kVec, w);
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) {
+        const acc_t d = static_cast<acc_t>(px.val[j]) - mu;
+        const acc_t g = static_cast<acc_t>(pd.val[j]) * w[j];
+        sums.a += d;
+        sums.b += g;
+        sums.c += g * d;
+      }
+    }
+    sums = block_allreduce(sums, scratch);
+    const RowGrad<acc_t> rg = row_grad(sums, rs, inv_n);
+
+    for (int64_t i = threadIdx.x; i < num_packs; i += blockDim.x) {
       const Pack<T, kVec> px =
-          cached ? x_cache[i] : load_pack<T, kVec>(xr + i * kVec);
+          cache_rows ? x_cache[i] : load_pack<T, kVec>(xr + i * kVec);
       const Pack<T, kVec> pd =
-          cached ? dy_cache[i] : load_pack<T, kVec>(dyr + i * kVec);
+          cache_rows ? dy_cache[i] : load_pack<T, kVec>(dyr + i * kVec);
       acc_t xh[kVec];
       acc_t dv[kVec];
 #pragma unroll
       for (int j = 0; j < kVec; ++j) {
-        xh[j] = (static_cast<acc_t>(px.val[j]) - mu) * rs;
+        xh[j] = ((static_cast<acc_t>(px.val[j]) - mu) - rg.delta) * rs;
         dv[j] = static_cast<acc_t>(pd.val[j]);
       }
       if (dx != nullptr) {
         acc_t w[kVec];
         load_weight<kVec>(weight, i * kVec, w);
         acc_t out[kVec];
-        dx_pack<kVec>(xh, dv, w, rs, mean_g, mean_gx, out);
+        dx_pack<kVec>(xh, dv, w, rs, rg, out);
         store_as<kVec>(dx + row * N + i * kVec, out);
       }
       if (dw_out != nullptr) {
@@ -411,7 +435,7 @@ void launch_bwd_loop(const BwdArgs<T, W, acc_t>& a, const RowPlan& plan,
   const bool want_params = a.dweight != nullptr || a.dbias != nullptr;
   // Cache x and dy in shared memory for pass 2 when they fit next to the
   // static shared memory within the block's opt-in limit (rows up to ~56K
-  // half or ~28K float elements); only pass 1 fills it, so only with dx.
+  // half or ~28K float elements on an H100).
   cudaFuncAttributes attr;
   C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
   const int64_t rows_bytes = 2 * a.N * static_cast<int64_t>(sizeof(T));
@@ -419,7 +443,7 @@ void launch_bwd_loop(const BwdArgs<T, W, acc_t>& a, const RowPlan& plan,
       static_cast<int64_t>(
           at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin) -
       static_cast<int64_t>(attr.sharedSizeBytes);
-  const bool cache_rows = a.dx != nullptr && rows_bytes <= limit;
+  const bool cache_rows = rows_bytes <= limit;
   const int smem = cache_rows ? static_cast<int>(rows_bytes) : 0;
   if (smem > attr.maxDynamicSharedSizeBytes)
     C10_CUDA_CHECK(cudaFuncSetAttribute(

@@ -2,7 +2,11 @@
 //
 // y = (x - mean) * rstd * weight + bias over rows of N elements, with the
 // row's mean and rstd = 1 / sqrt(var + eps) (biased variance) computed in
-// acc_t by Welford / Chan merging and saved for the backward. Each row is
+// acc_t by Welford / Chan merging and saved for the backward. The statistics
+// are of d = x - shift, shift being the row's first element, and the output
+// is (d - mean(d)) * rstd: a row of 1e4 + 1e-3 * noise in float32 then keeps
+// full accuracy, while a float32 mean of 1e4 is off by up to 5e-4 (half a
+// std of that row), so x - mean would not (see device_utils.cuh). Each row is
 // read from global memory once: it stays in registers (or, in the looping
 // kernel, in shared memory when it fits) between the statistics and the
 // output. plan.h picks the kernel by N.
@@ -22,15 +26,16 @@ namespace fastln {
 namespace cuda {
 namespace {
 
-// Output of one pack: (x - mean) * rstd, then the affine. x - mean is formed
-// first: x * rstd - mean * rstd cancels when |mean| >> std.
+// Output of one pack from d = x - shift: (d - mean_d) * rstd, then the
+// affine. The difference is formed first: d * rstd - mean_d * rstd would
+// cancel when |mean_d| >> std.
 template <int kVec, typename W, typename acc_t>
-__device__ __forceinline__ void normalize_pack(const acc_t* v, acc_t mean,
+__device__ __forceinline__ void normalize_pack(const acc_t* d, acc_t mean_d,
                                                acc_t rstd, const W* weight,
                                                const W* bias, int64_t col,
                                                acc_t* out) {
 #pragma unroll
-  for (int j = 0; j < kVec; ++j) out[j] = (v[j] - mean) * rstd;
+  for (int j = 0; j < kVec; ++j) out[j] = (d[j] - mean_d) * rstd;
   if (weight != nullptr) {
     acc_t w[kVec];
     load_as<acc_t, kVec>(weight + col, w);
@@ -81,9 +86,12 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
     const int64_t row = first + group;
     const bool row_ok = row < M;
     const int64_t offset = (row_ok ? row : 0) * N;
+    // Every lane of the row reads the same first element (one broadcast).
+    const acc_t shift = row_ok ? static_cast<acc_t>(x[offset]) : acc_t(0);
 
-    // Load the row, and this thread's exact two-pass statistics of its
-    // elements; the Chan merge then combines the threads' statistics.
+    // Load the row as d = x - shift, and this thread's exact two-pass
+    // statistics of its elements; the Chan merge then combines the threads'
+    // statistics.
     acc_t v[kCols];
     acc_t sum = 0;
     int count = 0;
@@ -93,7 +101,10 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
       if (row_ok && col < N) {
         load_as<acc_t, kVec>(x + offset + col, v + p * kVec);
 #pragma unroll
-        for (int j = 0; j < kVec; ++j) sum += v[p * kVec + j];
+        for (int j = 0; j < kVec; ++j) {
+          v[p * kVec + j] -= shift;
+          sum += v[p * kVec + j];
+        }
         count += kVec;
       } else {
 #pragma unroll
@@ -116,10 +127,10 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
     }
     WelfordState<acc_t> stats{local_mean, m2, static_cast<acc_t>(count)};
     stats = row_allreduce(stats, threads_per_row, scratch);
-    const acc_t mean = stats.mean;
+    const acc_t mean_d = stats.mean;
     const acc_t rstd = rsqrt_acc(stats.m2 / static_cast<acc_t>(N) + eps);
     if (row_ok && lane == 0) {
-      mean_out[row] = mean;
+      mean_out[row] = shift + mean_d;
       rstd_out[row] = rstd;
     }
 
@@ -128,7 +139,8 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
       const int col = (p * threads_per_row + lane) * kVec;
       if (row_ok && col < N) {
         acc_t out[kVec];
-        normalize_pack<kVec>(v + p * kVec, mean, rstd, weight, bias, col, out);
+        normalize_pack<kVec>(v + p * kVec, mean_d, rstd, weight, bias, col,
+                             out);
         store_as<kVec>(y + offset + col, out);
       }
     }
@@ -159,20 +171,22 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
   for (int64_t row = blockIdx.x; row < M; row += gridDim.x) {
     const T* xr = x + row * N;
     T* yr = y + row * N;
+    const acc_t shift = static_cast<acc_t>(xr[0]);
     WelfordState<acc_t> stats{0, 0, 0};
     for (int64_t i = threadIdx.x; i < num_packs; i += blockDim.x) {
       const Pack<T, kVec> pack = load_pack<T, kVec>(xr + i * kVec);
       if (cache_row) cache[i] = pack;
       acc_t v[kVec];
 #pragma unroll
-      for (int j = 0; j < kVec; ++j) v[j] = static_cast<acc_t>(pack.val[j]);
+      for (int j = 0; j < kVec; ++j)
+        v[j] = static_cast<acc_t>(pack.val[j]) - shift;
       stats = welford_merge(stats, welford_of<kVec>(v));
     }
     stats = block_allreduce(stats, scratch);
-    const acc_t mean = stats.mean;
+    const acc_t mean_d = stats.mean;
     const acc_t rstd = rsqrt_acc(stats.m2 / static_cast<acc_t>(N) + eps);
     if (threadIdx.x == 0) {
-      mean_out[row] = mean;
+      mean_out[row] = shift + mean_d;
       rstd_out[row] = rstd;
     }
     for (int64_t i = threadIdx.x; i < num_packs; i += blockDim.x) {
@@ -180,9 +194,10 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
           cache_row ? cache[i] : load_pack<T, kVec>(xr + i * kVec);
       acc_t v[kVec];
 #pragma unroll
-      for (int j = 0; j < kVec; ++j) v[j] = static_cast<acc_t>(pack.val[j]);
+      for (int j = 0; j < kVec; ++j)
+        v[j] = static_cast<acc_t>(pack.val[j]) - shift;
       acc_t out[kVec];
-      normalize_pack<kVec>(v, mean, rstd, weight, bias, i * kVec, out);
+      normalize_pack<kVec>(v, mean_d, rstd, weight, bias, i * kVec, out);
       store_as<kVec>(yr + i * kVec, out);
     }
   }
