@@ -11,10 +11,10 @@
 # Environment:
 #   CUDA_HOME            the CUDA toolkit (default /usr/local/cuda)
 #   FASTLN_CUDA_TORCH    the torch requirement to install (default
-#                        torch==2.13.0, the version of the CPU lane; its
-#                        registry wheel is built for CUDA 13.0, the major
-#                        version of /usr/local/cuda. torch >= 2.15 needs C++20,
-#                        which setup.py does not use yet.)
+#                        torch==2.13.0, the version .ci/run pins for the CPU
+#                        lane; its registry wheel is built for CUDA 13.0, the
+#                        major version of /usr/local/cuda, which
+#                        torch.utils.cpp_extension requires to match).
 #   MAX_JOBS             parallel compile jobs (default 2)
 #
 # The build happens in a copy of the working tree, so that the in-place
