@@ -103,6 +103,14 @@ struct WelfordState {
 template <typename acc_t>
 __device__ __forceinline__ WelfordState<acc_t> welford_merge(
     const WelfordState<acc_t>& a, const WelfordState<acc_t>& b) {
+  // An empty operand returns the other one exactly. The general formula only
+  // makes it the identity in exact arithmetic: its delta * delta * a.count *
+  // nb_over_n is inf * 0 = NaN once delta^2 overflows (|mean| > ~1.8e19 in
+  // float, a finite row), and a.mean + (b.mean - a.mean) * 0 is NaN for an
+  // infinite mean. Empty states are common: the lanes past a row's end in the
+  // register kernels, and the padding lanes of block_allreduce's last step.
+  if (b.count == acc_t(0)) return a;
+  if (a.count == acc_t(0)) return b;
   const acc_t count = a.count + b.count;
   const acc_t nb_over_n = count == acc_t(0) ? acc_t(0) : b.count / count;
   const acc_t delta = b.mean - a.mean;
