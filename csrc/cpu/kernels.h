@@ -36,51 +36,6 @@ struct Simd {
 // accumulator would run the loop at a quarter of the adder's throughput.
 constexpr int64_t kAccumulators = 4;
 
-// Loads element i of a row as a scalar, or elements [i, i + width) as a
-// vector; row_sums hands one of the two to its term.
-template <typename acc_t>
-struct ScalarAt {
-  int64_t i;
-  acc_t operator()(const acc_t* p) const { return p[i]; }
-};
-template <typename acc_t>
-struct VectorAt {
-  int64_t i;
-  typename Simd<acc_t>::vec operator()(const acc_t* p) const {
-    return Simd<acc_t>::load(p + i);
-  }
-};
-
-// Sums kQ quantities over a row of N elements. term(at) loads its operands
-// with at(pointer) and returns std::array<T, kQ> of the quantities, where T is
-// a vector or a scalar as `at` gives (vector-scalar arithmetic broadcasts the
-// scalar), so one term serves the vector body and the scalar tail.
-template <size_t kQ, typename acc_t, typename Term>
-inline std::array<acc_t, kQ> row_sums(int64_t N, const Term& term) {
-  using S = Simd<acc_t>;
-  using vec = typename S::vec;
-  constexpr int64_t W = S::kWidth;
-  vec acc[kAccumulators][kQ] = {};
-  int64_t i = 0;
-  for (; i + kAccumulators * W <= N; i += kAccumulators * W)
-    for (int64_t u = 0; u < kAccumulators; ++u) {
-      const auto t = term(VectorAt<acc_t>{i + u * W});
-      for (size_t q = 0; q < kQ; ++q) acc[u][q] += t[q];
-    }
-  for (; i + W <= N; i += W) {
-    const auto t = term(VectorAt<acc_t>{i});
-    for (size_t q = 0; q < kQ; ++q) acc[0][q] += t[q];
-  }
-  std::array<acc_t, kQ> out;
-  for (size_t q = 0; q < kQ; ++q)
-    out[q] = S::sum((acc[0][q] + acc[1][q]) + (acc[2][q] + acc[3][q]));
-  for (; i < N; ++i) {
-    const auto t = term(ScalarAt<acc_t>{i});
-    for (size_t q = 0; q < kQ; ++q) out[q] += t[q];
-  }
-  return out;
-}
-
 // Element conversions between the storage type and acc_t. bfloat16 goes by
 // bit manipulation on its uint16 storage (round to nearest even, NaN kept
 // NaN): the same result as c10's conversion, but branch-free, so the loops
@@ -112,6 +67,75 @@ inline void store_from_acc(scalar_t* p, int64_t i, acc_t v) {
   }
 }
 
+// Loads element i of a row as a scalar, or elements [i, i + width) as a
+// vector, converted to acc_t; row_sums hands one of the two to its term.
+// bfloat16 rows are read directly (widened in registers), so they need no
+// float copy of the row, which for wide rows would not fit in L1.
+template <typename acc_t>
+struct ScalarAt {
+  int64_t i;
+  template <typename T>
+  acc_t operator()(const T* p) const {
+    return load_as_acc<acc_t>(p, i);
+  }
+};
+template <typename acc_t>
+struct VectorAt {
+  int64_t i;
+  typename Simd<acc_t>::vec operator()(const acc_t* p) const {
+    return Simd<acc_t>::load(p + i);
+  }
+  typename Simd<float>::vec operator()(const c10::BFloat16* p) const {
+    typedef uint16_t half_vec
+        __attribute__((vector_size(FASTLN_VEC_BYTES / 2)));
+    typedef uint32_t bits_vec __attribute__((vector_size(FASTLN_VEC_BYTES)));
+    half_vec h;
+    std::memcpy(&h, reinterpret_cast<const uint16_t*>(p) + i, sizeof(h));
+    const bits_vec bits = __builtin_convertvector(h, bits_vec) << 16;
+    typename Simd<float>::vec v;
+    std::memcpy(&v, &bits, sizeof(v));
+    return v;
+  }
+};
+
+// Whether rows of T are read in place (float, double, bfloat16) rather than
+// converted into a scratch row first (half, whose conversion does not
+// vectorize without F16C-specific code).
+template <typename T>
+constexpr bool kReadInPlace =
+    std::is_same_v<T, float> || std::is_same_v<T, double> ||
+    std::is_same_v<T, c10::BFloat16>;
+
+// Sums kQ quantities over a row of N elements. term(at) loads its operands
+// with at(pointer) and returns std::array<T, kQ> of the quantities, where T is
+// a vector or a scalar as `at` gives (vector-scalar arithmetic broadcasts the
+// scalar), so one term serves the vector body and the scalar tail.
+template <size_t kQ, typename acc_t, typename Term>
+inline std::array<acc_t, kQ> row_sums(int64_t N, const Term& term) {
+  using S = Simd<acc_t>;
+  using vec = typename S::vec;
+  constexpr int64_t W = S::kWidth;
+  vec acc[kAccumulators][kQ] = {};
+  int64_t i = 0;
+  for (; i + kAccumulators * W <= N; i += kAccumulators * W)
+    for (int64_t u = 0; u < kAccumulators; ++u) {
+      const auto t = term(VectorAt<acc_t>{i + u * W});
+      for (size_t q = 0; q < kQ; ++q) acc[u][q] += t[q];
+    }
+  for (; i + W <= N; i += W) {
+    const auto t = term(VectorAt<acc_t>{i});
+    for (size_t q = 0; q < kQ; ++q) acc[0][q] += t[q];
+  }
+  std::array<acc_t, kQ> out;
+  for (size_t q = 0; q < kQ; ++q)
+    out[q] = S::sum((acc[0][q] + acc[1][q]) + (acc[2][q] + acc[3][q]));
+  for (; i < N; ++i) {
+    const auto t = term(ScalarAt<acc_t>{i});
+    for (size_t q = 0; q < kQ; ++q) out[q] += t[q];
+  }
+  return out;
+}
+
 // Returns x converted to acc_t: the row itself when no conversion is needed,
 // otherwise `buf` filled with the converted values.
 template <typename scalar_t, typename acc_t>
@@ -141,8 +165,8 @@ struct RowStats {
   acc_t var;
 };
 
-template <typename acc_t>
-inline RowStats<acc_t> row_stats(const acc_t* x, int64_t N) {
+template <typename acc_t, typename T>
+inline RowStats<acc_t> row_stats(const T* x, int64_t N) {
   const acc_t inv_n = acc_t(1) / static_cast<acc_t>(N);
   const acc_t shift =
       row_sums<1, acc_t>(N, [&](auto at) { return std::array{at(x)}; })[0] *
@@ -159,40 +183,49 @@ inline RowStats<acc_t> row_stats(const acc_t* x, int64_t N) {
 // y = ((x - shift) - delta) * rstd * w + b with w, b optional (nullptr when
 // absent). The differences come first (see row_stats): the shorter
 // x * rstd + (-mean * rstd) cancels catastrophically when |mean| >> std.
-template <typename scalar_t, typename acc_t>
-inline void row_affine(const acc_t* x, int64_t N, RowStats<acc_t> st,
-                       acc_t rstd, const acc_t* w, const acc_t* b,
-                       scalar_t* y) {
+template <typename scalar_t, typename acc_t, typename T>
+inline void row_affine(const T* __restrict__ x, int64_t N, RowStats<acc_t> st,
+                       acc_t rstd, const acc_t* __restrict__ w,
+                       const acc_t* __restrict__ b, scalar_t* __restrict__ y) {
   const acc_t shift = st.shift, delta = st.delta;
   if (w != nullptr && b != nullptr) {
     for (int64_t i = 0; i < N; ++i)
-      store_from_acc(y, i, ((x[i] - shift) - delta) * rstd * w[i] + b[i]);
+      store_from_acc(
+          y, i,
+          ((load_as_acc<acc_t>(x, i) - shift) - delta) * rstd * w[i] + b[i]);
   } else if (w != nullptr) {
     for (int64_t i = 0; i < N; ++i)
-      store_from_acc(y, i, ((x[i] - shift) - delta) * rstd * w[i]);
+      store_from_acc(
+          y, i, ((load_as_acc<acc_t>(x, i) - shift) - delta) * rstd * w[i]);
   } else if (b != nullptr) {
     for (int64_t i = 0; i < N; ++i)
-      store_from_acc(y, i, ((x[i] - shift) - delta) * rstd + b[i]);
+      store_from_acc(
+          y, i, ((load_as_acc<acc_t>(x, i) - shift) - delta) * rstd + b[i]);
   } else {
     for (int64_t i = 0; i < N; ++i)
-      store_from_acc(y, i, ((x[i] - shift) - delta) * rstd);
+      store_from_acc(y, i, ((load_as_acc<acc_t>(x, i) - shift) - delta) * rstd);
   }
 }
 
 // Forward over rows [row_begin, row_end). `scratch` holds N acc_t (used only
-// when scalar_t != acc_t).
+// when !kReadInPlace<scalar_t>).
 template <typename scalar_t, typename acc_t>
 void forward_rows(const scalar_t* x, const acc_t* w, const acc_t* b,
                   scalar_t* y, acc_t* mean_out, acc_t* rstd_out, int64_t N,
                   acc_t eps, int64_t row_begin, int64_t row_end,
                   acc_t* scratch) {
-  for (int64_t r = row_begin; r < row_end; ++r) {
-    const acc_t* xr = row_as_acc(x + r * N, N, scratch);
-    const RowStats<acc_t> st = row_stats(xr, N);
+  auto row = [&](int64_t r, const auto* xr) {
+    const RowStats<acc_t> st = row_stats<acc_t>(xr, N);
     const acc_t rstd = acc_t(1) / std::sqrt(st.var + eps);
     row_affine(xr, N, st, rstd, w, b, y + r * N);
     mean_out[r] = st.shift + st.delta;
     rstd_out[r] = rstd;
+  };
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    if constexpr (kReadInPlace<scalar_t>)
+      row(r, x + r * N);
+    else
+      row(r, row_as_acc(x + r * N, N, scratch));
   }
 }
 
@@ -209,50 +242,64 @@ void forward_rows(const scalar_t* x, const acc_t* w, const acc_t* b,
 // Writes dx for every row and, when kParamGrads, adds the rows' dy * xhat
 // and dy column sums into dw_acc and db_acc (N acc_t each). The variants are
 // compile-time so that the per-element loop has no branch and vectorizes.
-// `scratch` holds 2 * N acc_t.
+// `scratch` holds 2 * N acc_t (used only when !kReadInPlace<scalar_t>).
+// One row of backward_rows_impl. xr and dyr hold the row of x and dy, in
+// place (kReadInPlace) or as acc_t copies. A function rather than a lambda so
+// that its pointers keep __restrict__: without it the compiler must guard the
+// per-element loop against five-way aliasing and gives up vectorizing it.
+template <bool kHasWeight, bool kParamGrads, typename scalar_t, typename acc_t,
+          typename T>
+inline void backward_row(const T* __restrict__ xr, const T* __restrict__ dyr,
+                         acc_t mu, acc_t rs, const acc_t* __restrict__ w,
+                         scalar_t* __restrict__ dxr, acc_t* __restrict__ dw_acc,
+                         acc_t* __restrict__ db_acc, int64_t N) {
+  const acc_t inv_n = acc_t(1) / static_cast<acc_t>(N);
+  // Pass 1: sum(d), sum(g) and sum(g * d).
+  const auto [sum_d, sum_g, sum_gd] = row_sums<3, acc_t>(N, [&](auto at) {
+    const auto d = at(xr) - mu;
+    if constexpr (kHasWeight) {
+      const auto g = at(dyr) * at(w);
+      return std::array{d, g, g * d};
+    } else {
+      const auto g = at(dyr);
+      return std::array{d, g, g * d};
+    }
+  });
+  const acc_t delta = sum_d * inv_n;
+  const acc_t mean_g = sum_g * inv_n;
+  // mean(g * xhat) = rstd * (sum(g * d) - delta * sum(g)) / N.
+  const acc_t mean_gx = rs * (sum_gd - delta * sum_g) * inv_n;
+
+  // Pass 2: dx = (g - mean_g) * rs - xhat * (rs * mean_gx), and the
+  // parameter-gradient column sums.
+  const acc_t c = rs * mean_gx;
+  for (int64_t i = 0; i < N; ++i) {
+    const acc_t dy_i = load_as_acc<acc_t>(dyr, i);
+    const acc_t xhat = ((load_as_acc<acc_t>(xr, i) - mu) - delta) * rs;
+    const acc_t g = kHasWeight ? dy_i * w[i] : dy_i;
+    store_from_acc(dxr, i, (g - mean_g) * rs - xhat * c);
+    if constexpr (kParamGrads) {
+      dw_acc[i] += dy_i * xhat;
+      db_acc[i] += dy_i;
+    }
+  }
+}
+
 template <bool kHasWeight, bool kParamGrads, typename scalar_t, typename acc_t>
 void backward_rows_impl(const scalar_t* dy, const scalar_t* x,
-                        const acc_t* mean, const acc_t* rstd,
-                        const acc_t* __restrict__ w, scalar_t* __restrict__ dx,
-                        acc_t* __restrict__ dw_acc, acc_t* __restrict__ db_acc,
-                        int64_t N, int64_t row_begin, int64_t row_end,
-                        acc_t* scratch) {
-  const acc_t inv_n = acc_t(1) / static_cast<acc_t>(N);
+                        const acc_t* mean, const acc_t* rstd, const acc_t* w,
+                        scalar_t* dx, acc_t* dw_acc, acc_t* db_acc, int64_t N,
+                        int64_t row_begin, int64_t row_end, acc_t* scratch) {
   for (int64_t r = row_begin; r < row_end; ++r) {
-    const acc_t* __restrict__ xr = row_as_acc(x + r * N, N, scratch);
-    const acc_t* __restrict__ dyr = row_as_acc(dy + r * N, N, scratch + N);
-    const acc_t mu = mean[r];
-    const acc_t rs = rstd[r];
-
-    // Pass 1: sum(d), sum(g) and sum(g * d).
-    const auto [sum_d, sum_g, sum_gd] = row_sums<3, acc_t>(N, [&](auto at) {
-      const auto d = at(xr) - mu;
-      if constexpr (kHasWeight) {
-        const auto g = at(dyr) * at(w);
-        return std::array{d, g, g * d};
-      } else {
-        const auto g = at(dyr);
-        return std::array{d, g, g * d};
-      }
-    });
-    const acc_t delta = sum_d * inv_n;
-    const acc_t mean_g = sum_g * inv_n;
-    // mean(g * xhat) = rstd * (sum(g * d) - delta * sum(g)) / N.
-    const acc_t mean_gx = rs * (sum_gd - delta * sum_g) * inv_n;
-
-    // Pass 2: dx = (g - mean_g) * rs - xhat * (rs * mean_gx), and the
-    // parameter-gradient column sums.
-    const acc_t c = rs * mean_gx;
-    scalar_t* __restrict__ dxr = dx + r * N;
-    for (int64_t i = 0; i < N; ++i) {
-      const acc_t xhat = ((xr[i] - mu) - delta) * rs;
-      const acc_t g = kHasWeight ? dyr[i] * w[i] : dyr[i];
-      store_from_acc(dxr, i, (g - mean_g) * rs - xhat * c);
-      if constexpr (kParamGrads) {
-        dw_acc[i] += dyr[i] * xhat;
-        db_acc[i] += dyr[i];
-      }
-    }
+    if constexpr (kReadInPlace<scalar_t>)
+      backward_row<kHasWeight, kParamGrads>(x + r * N, dy + r * N, mean[r],
+                                            rstd[r], w, dx + r * N, dw_acc,
+                                            db_acc, N);
+    else
+      backward_row<kHasWeight, kParamGrads>(
+          row_as_acc(x + r * N, N, scratch),
+          row_as_acc(dy + r * N, N, scratch + N), mean[r], rstd[r], w,
+          dx + r * N, dw_acc, db_acc, N);
   }
 }
 

@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -123,16 +124,15 @@ class ParamAsAcc {
       ptr_ = p.const_data_ptr<acc_t>();
       return;
     }
-    const scalar_t* src = p.const_data_ptr<scalar_t>();
-    copy_.resize(p.numel());
-    for (int64_t i = 0; i < p.numel(); ++i)
-      copy_[i] = static_cast<acc_t>(src[i]);
-    ptr_ = copy_.data();
+    // Uninitialized storage, and the kernels' branch-free conversion.
+    copy_.reset(new acc_t[p.numel()]);
+    ptr_ = isa_base::row_as_acc(p.const_data_ptr<scalar_t>(), p.numel(),
+                                copy_.get());
   }
   const acc_t* get() const { return ptr_; }
 
  private:
-  std::vector<acc_t> copy_;
+  std::unique_ptr<acc_t[]> copy_;
   const acc_t* ptr_ = nullptr;
 };
 
@@ -205,7 +205,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_fwd_cpu(
         acc_t* rstd_ptr = rstd.mutable_data_ptr<acc_t>();
         const acc_t eps_acc = static_cast<acc_t>(eps);
         at::parallel_for(0, M, row_grain(N), [&](int64_t begin, int64_t end) {
-          std::vector<acc_t> scratch(std::is_same_v<scalar_t, acc_t> ? 0 : N);
+          std::vector<acc_t> scratch(isa_base::kReadInPlace<scalar_t> ? 0 : N);
           forward_rows(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, N,
                        eps_acc, begin, end, scratch.data());
         });
@@ -261,7 +261,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd_cpu(
         const acc_t* w_ptr = w_acc.get();
         scalar_t* dx_ptr = dx.mutable_data_ptr<scalar_t>();
         const int64_t scratch_size =
-            std::is_same_v<scalar_t, acc_t> ? 0 : 2 * N;
+            isa_base::kReadInPlace<scalar_t> ? 0 : 2 * N;
 
         if (!param_grads) {
           at::parallel_for(0, M, row_grain(N), [&](int64_t begin, int64_t end) {
