@@ -1,0 +1,1 @@
+"""Benchmark harness of fastln; run it with ``python -m bench --help``."""

@@ -1,0 +1,344 @@
+"""python -m bench: fastln LayerNorm vs torch (eager, compile) and other LayerNorms.
+
+Examples:
+  python -m bench --quick                      # < 1 minute on CPU
+  python -m bench --device cpu                 # default CPU sweep, a few minutes
+  python -m bench --device cuda                # default GPU sweep
+  python -m bench --shapes 4096x1024,1x768 --dtypes bf16 --mode fwd
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import fastln
+
+from . import report
+from .bytemodel import bytes_moved, gb_per_s
+from .check import check
+from .impls import Impl, copy_workload, discover, make_inputs, workload
+from .sweeps import (
+    DEFAULT_DTYPES,
+    DTYPES,
+    MODES,
+    QUICK_DTYPES,
+    DtypeConfig,
+    default_shapes,
+    parse_dtypes,
+    parse_modes,
+    parse_shapes,
+)
+from .timing import CpuTimer, CudaTimer, ForeignLoad, Stats
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    cuda_ok = torch.cuda.is_available()
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cuda" if cuda_ok else "cpu",
+        help="default: cuda if available",
+    )
+    p.add_argument("--mode", default=",".join(MODES), help="fwd,bwd,fwdbwd (default: all)")
+    p.add_argument(
+        "--dtypes",
+        default=None,
+        help=f"comma list of {', '.join(DTYPES)} (aliases fp32, fp16, bf16); "
+        "default: all on cuda, float32,bfloat16 on cpu",
+    )
+    p.add_argument("--shapes", default=None, help="MxN list, e.g. 4096x1024,1x768")
+    p.add_argument("--quick", action="store_true", help="a small sweep (< 1 minute on CPU)")
+    p.add_argument(
+        "--level",
+        choices=("api", "op"),
+        default="api",
+        help="api: fastln.layer_norm + autograd vs F.layer_norm, compile, ...;\n"
+        "op: raw fastln ops vs aten native_layer_norm(_backward)",
+    )
+    p.add_argument(
+        "--compile",
+        choices=("auto", "static", "m", "all", "off"),
+        default="auto",
+        help="torch.compile baseline: static shapes, M dynamic, all dynamic or off;\n"
+        "auto: 'm' on cuda, 'all' on cpu (compiling each shape on 2 cores takes "
+        "too long)",
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--time-per-impl",
+        type=float,
+        default=None,
+        help="seconds of timing per implementation and row (default 0.1, quick 0.04)",
+    )
+    p.add_argument("--no-graphs", action="store_true", help="never use CUDA graphs")
+    p.add_argument(
+        "--out", type=Path, default=None, help="output folder (default bench/results/<device-slug>)"
+    )
+    p.add_argument(
+        "--name", default=None, help="file stem of the outputs (default: quick, sweep or custom)"
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=None,
+        help="re-time a row measured while other processes used the CPU\n"
+        "(default 2 on cpu, 0 on cuda)",
+    )
+    p.add_argument(
+        "--max-foreign-load",
+        type=float,
+        default=0.15,
+        help="CPU cores other processes may use while a row is timed (default 0.15)",
+    )
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def error_text(exc: BaseException) -> str:
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first_line[:160]}"
+
+
+def measure_row(
+    impls: list[Impl],
+    mode: str,
+    level: str,
+    config: DtypeConfig,
+    inp: object,
+    timer: CpuTimer | CudaTimer,
+    device: str,
+    time_per_impl: float,
+    disabled: set[tuple[str, str]],
+    notes: list[str],
+    retries: int,
+    max_foreign_load: float,
+) -> tuple[dict[str, Stats], dict[str, int | None], int, str | None, float]:
+    """Times one (mode, dtype, shape) for every implementation plus the copy.
+
+    Returns stats, peak memory, the bytes the copy moved, fastln's error if it
+    failed to run, and the foreign CPU load (cores) seen while timing: a row
+    timed while other processes ran is retried, keeping the quietest attempt."""
+    workloads = {}
+    for impl in impls:
+        if (impl.name, config.name) in disabled:
+            continue
+        try:
+            w = workload(impl, mode, level, inp)  # type: ignore[arg-type]
+            w()  # warm-up; compiles torch.compile's graph for this shape
+            w()
+        except Exception as exc:
+            msg = error_text(exc)
+            if impl.name == "fastln":
+                return {}, {}, 0, msg, 0.0
+            # A baseline that cannot run this dtype is dropped for the rest of the run.
+            disabled.add((impl.name, config.name))
+            notes.append(
+                f"{impl.name}: failed on {mode} {config.name}, skipped for {config.name} "
+                f"from here on ({msg})"
+            )
+            continue
+        workloads[impl.name] = w
+    copy, copy_bytes = copy_workload(bytes_moved(mode, *inp.x.shape, config), device)  # type: ignore[attr-defined]
+    workloads["copy"] = copy
+    best: tuple[float, dict[str, Stats]] | None = None
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(attempt)  # give the other process a moment to finish
+        monitor = ForeignLoad()
+        stats = timer.measure(workloads, time_per_impl)
+        load = monitor.cores()
+        load = 0.0 if load is None else load
+        if best is None or load < best[0]:
+            best = (load, stats)
+        if load <= max_foreign_load:
+            break
+    peaks = {name: timer.peak_memory(w) for name, w in workloads.items()}
+    return best[1], peaks, copy_bytes, None, best[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device visible to torch")
+    if device == "cuda" and not fastln.cuda_built():
+        sys.exit(
+            "--device cuda: this fastln build has no CUDA kernels (rebuild without "
+            "FASTLN_FORCE_CPU=1), or use --device cpu"
+        )
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    modes = parse_modes(args.mode)
+    configs = (
+        parse_dtypes(args.dtypes)
+        if args.dtypes
+        else [DTYPES[d] for d in (QUICK_DTYPES if args.quick else DEFAULT_DTYPES)[device]]
+    )
+    shapes = parse_shapes(args.shapes) if args.shapes else default_shapes(device, args.quick)
+    compile_mode = args.compile if args.compile != "auto" else ("m" if device == "cuda" else "all")
+    time_per_impl = args.time_per_impl or (0.04 if args.quick else 0.1)
+    retries = args.retries if args.retries is not None else (2 if device == "cpu" else 0)
+    stem = args.name or ("custom" if args.shapes else "quick" if args.quick else "sweep")
+
+    impls, notes = discover(device, args.level, compile_mode)
+    if device == "cuda":
+        timer: CpuTimer | CudaTimer = CudaTimer(use_graphs=not args.no_graphs)
+    else:
+        timer = CpuTimer()
+        notes.append(report.CPU_MEMORY_NOTE)
+        notes.append(
+            "CPU timing: wall clock, implementations interleaved sample by sample; "
+            "inputs stay cache-resident between calls when they fit in cache"
+        )
+    if compile_mode == "all" and args.level == "api":
+        notes.append(
+            "torch.compile: dynamic=True (one shape-generic kernel); "
+            "--compile static for one kernel per shape"
+        )
+    meta = report.metadata(device, args.level, compile_mode)
+    out_dir = args.out or RESULTS / report.device_slug(meta)
+
+    print(
+        f"fastln bench: {meta['device_name']} | torch {meta['torch']} (CUDA {meta['cuda']}) | "
+        f"fastln cpu_isa={meta['cpu_isa']} | {meta['threads']} threads | "
+        f"commit {meta['commit']}"
+    )
+    print(
+        f"level={args.level} modes={','.join(modes)} dtypes={','.join(c.name for c in configs)} "
+        f"shapes={len(shapes)} implementations={', '.join(i.name for i in impls)}"
+    )
+    for note in notes:
+        print(f"note: {note}")
+
+    quiet = ForeignLoad()
+    time.sleep(0.5)
+    idle_load = quiet.cores() or 0.0
+    meta["foreign_load_at_start"] = round(idle_load, 2)
+    if idle_load > args.max_foreign_load:
+        print(
+            f"WARNING: other processes are using {idle_load:.1f} CPU cores; "
+            "CPU timings will be noisy"
+        )
+    rows: list[report.Row] = []
+    noisy = 0
+    disabled: set[tuple[str, str]] = set()
+    progress = report.Progress(len(shapes) * len(configs) * len(modes), not args.no_progress)
+    started = time.perf_counter()
+    # On CUDA everything runs on one side stream: graph capture needs a
+    # non-default stream, and backward ops run on their forward's stream.
+    stream_ctx = (
+        torch.cuda.stream(torch.cuda.Stream()) if device == "cuda" else (contextlib.nullcontext())
+    )
+    with stream_ctx:
+        for m, n in shapes:
+            for config in configs:
+                inp = make_inputs(m, n, config, device)
+                result = check(inp, modes)
+                for mode in modes:
+                    progress.update(f"{mode} {config.name} {m}x{n}")
+                    base = {
+                        "mode": mode,
+                        "dtype": config.name,
+                        "M": m,
+                        "N": n,
+                        "bytes": bytes_moved(mode, m, n, config),
+                        "fwd_err": result.fwd_err,
+                        "bwd_err": result.bwd_err,
+                    }
+                    if not result.ok(mode):
+                        why = "; ".join(result.messages) or "check failed"
+                        progress.write(f"!!! FAIL {mode} {config.name} {m}x{n}: {why}")
+                        rows.append({**base, "impl": "fastln", "status": "FAIL", "note": why})
+                        continue
+                    stats, peaks, copy_bytes, error, load = measure_row(
+                        impls,
+                        mode,
+                        args.level,
+                        config,
+                        inp,
+                        timer,
+                        device,
+                        time_per_impl,
+                        disabled,
+                        notes,
+                        retries,
+                        args.max_foreign_load,
+                    )
+                    if load > args.max_foreign_load:
+                        noisy += 1
+                    if error:
+                        progress.write(f"!!! FAIL {mode} {config.name} {m}x{n}: fastln {error}")
+                        rows.append({**base, "impl": "fastln", "status": "FAIL", "note": error})
+                        continue
+                    copy_gbps = gb_per_s(copy_bytes, stats["copy"].median)
+                    t_fastln = stats["fastln"].median
+                    for name, s in stats.items():
+                        if name == "copy":
+                            continue
+                        gbps = gb_per_s(base["bytes"], s.median)
+                        peak = peaks.get(name)
+                        rows.append(
+                            {
+                                **base,
+                                "impl": name,
+                                "status": "ok",
+                                "us": s.median * 1e6,
+                                "us_p20": s.p20 * 1e6,
+                                "us_p80": s.p80 * 1e6,
+                                "gbps": gbps,
+                                "pct_copy": 100 * gbps / copy_gbps,
+                                "copy_gbps": copy_gbps,
+                                "fastln_speedup": s.median / t_fastln,
+                                "peak_mib": None if peak is None else peak / 2**20,
+                                "method": s.method,
+                                "samples": s.samples,
+                                "calls_per_sample": s.calls_per_sample,
+                                "foreign_load": load,
+                                "note": "",
+                            }
+                        )
+                del inp
+    progress.close()
+    elapsed = time.perf_counter() - started
+    notes.extend(timer.notes)
+    if noisy:
+        notes.append(
+            f"{noisy} rows were timed while other processes used more than "
+            f"{args.max_foreign_load} CPU cores (column foreign_load); re-run them"
+        )
+    meta["elapsed_s"] = round(elapsed, 1)
+
+    report.print_table(rows)
+    report.print_summary(rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / f"{stem}.csv", out_dir / f"{stem}.json"]
+    report.write_csv(written[0], rows, meta)
+    report.write_json(written[1], rows, meta, notes)
+    if not args.no_plots:
+        try:
+            written += report.plot(out_dir, stem, rows, meta)
+        except ImportError:
+            print("note: matplotlib is not installed, no plots (pip install matplotlib)")
+    for note in notes[len(notes) - len(timer.notes) - (1 if noisy else 0) :]:
+        print(f"note: {note}")
+    print(f"\n{len(rows)} results in {elapsed:.0f} s; wrote:")
+    for path in written:
+        print(f"  {path}")
+    fails = sum(1 for r in rows if r["status"] == "FAIL")
+    return 1 if fails else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
