@@ -97,17 +97,14 @@ def _compiled(dynamic: str) -> Impl:
 
 
 def _apex() -> Impl:
-    from apex.normalization.fused_layer_norm import (
-        fused_layer_norm_affine,
-        mixed_dtype_fused_layer_norm_affine,
-    )
+    from apex.normalization import fused_layer_norm as apex_ln
 
     def fn(
         x: torch.Tensor, shape: Sequence[int], w: torch.Tensor, b: torch.Tensor, eps: float
     ) -> torch.Tensor:
-        if w.dtype != x.dtype:
-            return mixed_dtype_fused_layer_norm_affine(x, w, b, shape, eps)
-        return fused_layer_norm_affine(x, w, b, shape, eps)
+        if w.dtype != x.dtype:  # fp32 weights with half input: apex's mixed-dtype kernel
+            return apex_ln.mixed_dtype_fused_layer_norm_affine(x, w, b, shape, eps)
+        return apex_ln.fused_layer_norm_affine(x, w, b, shape, eps)
 
     return Impl("apex", fn=fn)
 

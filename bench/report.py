@@ -272,6 +272,7 @@ def plot(out_dir: Path, stem: str, rows: list[Row], meta: dict[str, Any]) -> lis
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     written = []
     for (mode, dtype), group in groups(rows).items():
@@ -301,7 +302,6 @@ def plot(out_dir: Path, stem: str, rows: list[Row], meta: dict[str, Any]) -> lis
         if ceiling:
             ax_bw.plot(*zip(*ceiling), "k--", lw=1, label="copy (same bytes)")
         ax_bw.set(
-            xscale="log",
             xlabel="N (hidden size)",
             ylabel="GB/s (bench/bytemodel.py)",
             title=f"{mode} {dtype}: largest M per N",
@@ -327,7 +327,6 @@ def plot(out_dir: Path, stem: str, rows: list[Row], meta: dict[str, Any]) -> lis
             fig.colorbar(sc, ax=ax_sp, label="log2 M")
         ax_sp.axhline(1.0, color="red", lw=1)
         ax_sp.set(
-            xscale="log",
             yscale="log",
             xlabel="N (hidden size)",
             ylabel="fastln speedup (>1: fastln faster)",
@@ -335,6 +334,14 @@ def plot(out_dir: Path, stem: str, rows: list[Row], meta: dict[str, Any]) -> lis
         )
         ax_sp.legend(fontsize=8)
         ax_sp.grid(alpha=0.3, which="both")
+        n_ticks = sorted({r["N"] for r in ok})
+        for ax in (ax_bw, ax_sp):
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(n_ticks, [str(n) for n in n_ticks], rotation=90, fontsize=7)
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax_sp.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax_sp.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax_sp.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         fig.suptitle(
             f"fastln {meta['device_name']} ({meta['threads']} threads) "
             f"torch {meta['torch']} commit {meta['commit'][:12]}",
