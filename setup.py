@@ -12,7 +12,7 @@ import glob
 import os
 
 import torch
-from setuptools import setup
+from setuptools import Extension, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -32,19 +32,25 @@ def sources(pattern: str) -> list[str]:
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
 
 
-def make_extension():
-    cxx_flags = ["-O3", "-std=c++17"]
+def make_extension() -> Extension:
+    # The C++ standard is left to torch.utils.cpp_extension: it passes the one
+    # the installed torch's headers need.
+    cxx_flags = ["-O3"]
     include_dirs = [os.path.join(ROOT, "csrc")]
     cpp_sources = sources("csrc/*.cpp") + sources("csrc/cpu/*.cpp")
     if not want_cuda():
-        return CppExtension("fastln._C", cpp_sources, include_dirs=include_dirs,
-                            extra_compile_args={"cxx": cxx_flags})
+        return CppExtension(
+            "fastln._C",
+            cpp_sources,
+            include_dirs=include_dirs,
+            extra_compile_args={"cxx": cxx_flags},
+        )
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCH_LIST)
     # The CUDA build of torch ships some CUDA headers (cusparse.h, ...) that
     # ATen/cuda includes inside its pip packages rather than in CUDA_HOME.
     nvidia_root = os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), "nvidia")
     include_dirs += sorted(glob.glob(os.path.join(nvidia_root, "*", "include")))
-    nvcc_flags = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+    nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
     return CUDAExtension(
         "fastln._C",
         cpp_sources + sources("csrc/cuda/*.cu"),

@@ -41,9 +41,7 @@ def _composite_grads(
         y = y.to(input.dtype)
     tensors = (input, weight, bias)
     wanted = [t for t, need in zip(tensors, needs) if need and t is not None]
-    grads = iter(
-        torch.autograd.grad(y, wanted, grad_out, create_graph=True, allow_unused=True)
-    )
+    grads = iter(torch.autograd.grad(y, wanted, grad_out, create_graph=True, allow_unused=True))
     return [next(grads) if need and t is not None else None for t, need in zip(tensors, needs)]
 
 
@@ -88,7 +86,8 @@ class LayerNormFunction(torch.autograd.Function):
 
 
 def _supported_device(device: torch.device) -> bool:
-    return device.type == "cpu" or (device.type == "cuda" and _ops.cuda_built())
+    # meta runs the registered fake kernels (shape inference, deferred init).
+    return device.type in ("cpu", "meta") or (device.type == "cuda" and _ops.cuda_built())
 
 
 def layer_norm(

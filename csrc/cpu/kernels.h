@@ -36,49 +36,78 @@ inline const acc_t* row_as_acc(const scalar_t* x, int64_t N, acc_t* buf) {
   }
 }
 
-// Mean and biased variance of a row by two passes (the mean, then the
-// centered sum of squares): unlike E[x^2] - E[x]^2 this keeps full accuracy
-// for rows with a large offset, and the row is in cache for the second pass.
+// Sum of x[i] - shift over a row, in kLanes partial sums.
 template <typename acc_t>
-inline void row_moments(const acc_t* x, int64_t N, acc_t& mean, acc_t& var) {
+inline acc_t row_sum_shifted(const acc_t* x, int64_t N, acc_t shift) {
   acc_t lanes[kLanes] = {};
   const int64_t body = N - N % kLanes;
   for (int64_t i = 0; i < body; i += kLanes)
-    for (int64_t j = 0; j < kLanes; ++j) lanes[j] += x[i + j];
-  for (int64_t i = body; i < N; ++i) lanes[i - body] += x[i];
-  mean = sum_lanes(lanes) / static_cast<acc_t>(N);
-
-  for (int64_t j = 0; j < kLanes; ++j) lanes[j] = 0;
-  for (int64_t i = 0; i < body; i += kLanes)
-    for (int64_t j = 0; j < kLanes; ++j) {
-      const acc_t d = x[i + j] - mean;
-      lanes[j] += d * d;
-    }
-  for (int64_t i = body; i < N; ++i) {
-    const acc_t d = x[i] - mean;
-    lanes[i - body] += d * d;
-  }
-  var = sum_lanes(lanes) / static_cast<acc_t>(N);
+    for (int64_t j = 0; j < kLanes; ++j) lanes[j] += x[i + j] - shift;
+  for (int64_t i = body; i < N; ++i) lanes[i - body] += x[i] - shift;
+  return sum_lanes(lanes);
 }
 
-// y = (x - mean) * rstd * w + b with w, b optional (nullptr when absent).
-// x - mean is formed first: the shorter x * rstd + (-mean * rstd) cancels
-// catastrophically when |mean| >> std (a row of 1e4 + noise in float32).
+// Row mean as shift + delta, and the biased variance.
+//
+// Corrected two-pass algorithm (Chan, Golub & LeVeque): pass one gives a
+// rough mean `shift`; pass two sums d = x - shift and d^2, so delta = mean(d)
+// corrects the rounding of pass one and var = mean(d^2) - delta^2. Keeping
+// the mean as shift + delta matters when |mean| >> std: in float32 a row of
+// 1e4 + 1e-3 * noise has a mean that float32 cannot hold to better than 5e-4
+// (half a std), yet x - shift is exact and (x - shift) - delta is accurate,
+// so the normalized output keeps full float32 accuracy. E[x^2] - E[x]^2 is
+// never used: it cancels catastrophically on such rows.
+template <typename acc_t>
+struct RowStats {
+  acc_t shift;
+  acc_t delta;
+  acc_t var;
+};
+
+template <typename acc_t>
+inline RowStats<acc_t> row_stats(const acc_t* x, int64_t N) {
+  const acc_t inv_n = acc_t(1) / static_cast<acc_t>(N);
+  const acc_t shift = row_sum_shifted(x, N, acc_t(0)) * inv_n;
+  acc_t lanes_d[kLanes] = {};
+  acc_t lanes_d2[kLanes] = {};
+  const int64_t body = N - N % kLanes;
+  for (int64_t i = 0; i < body; i += kLanes)
+    for (int64_t j = 0; j < kLanes; ++j) {
+      const acc_t d = x[i + j] - shift;
+      lanes_d[j] += d;
+      lanes_d2[j] += d * d;
+    }
+  for (int64_t i = body; i < N; ++i) {
+    const acc_t d = x[i] - shift;
+    lanes_d[i - body] += d;
+    lanes_d2[i - body] += d * d;
+  }
+  const acc_t delta = sum_lanes(lanes_d) * inv_n;
+  const acc_t var = sum_lanes(lanes_d2) * inv_n - delta * delta;
+  return {shift, delta, std::max(var, acc_t(0))};
+}
+
+// y = ((x - shift) - delta) * rstd * w + b with w, b optional (nullptr when
+// absent). The differences come first (see row_stats): the shorter
+// x * rstd + (-mean * rstd) cancels catastrophically when |mean| >> std.
 template <typename scalar_t, typename acc_t>
-inline void row_affine(const acc_t* x, int64_t N, acc_t mean, acc_t rstd,
-                       const acc_t* w, const acc_t* b, scalar_t* y) {
+inline void row_affine(const acc_t* x, int64_t N, RowStats<acc_t> st,
+                       acc_t rstd, const acc_t* w, const acc_t* b,
+                       scalar_t* y) {
+  const acc_t shift = st.shift, delta = st.delta;
   if (w != nullptr && b != nullptr) {
     for (int64_t i = 0; i < N; ++i)
-      y[i] = static_cast<scalar_t>((x[i] - mean) * rstd * w[i] + b[i]);
+      y[i] =
+          static_cast<scalar_t>(((x[i] - shift) - delta) * rstd * w[i] + b[i]);
   } else if (w != nullptr) {
     for (int64_t i = 0; i < N; ++i)
-      y[i] = static_cast<scalar_t>((x[i] - mean) * rstd * w[i]);
+      y[i] = static_cast<scalar_t>(((x[i] - shift) - delta) * rstd * w[i]);
   } else if (b != nullptr) {
     for (int64_t i = 0; i < N; ++i)
-      y[i] = static_cast<scalar_t>((x[i] - mean) * rstd + b[i]);
+      y[i] = static_cast<scalar_t>(((x[i] - shift) - delta) * rstd + b[i]);
   } else {
     for (int64_t i = 0; i < N; ++i)
-      y[i] = static_cast<scalar_t>((x[i] - mean) * rstd);
+      y[i] = static_cast<scalar_t>(((x[i] - shift) - delta) * rstd);
   }
 }
 
@@ -91,11 +120,10 @@ void forward_rows(const scalar_t* x, const acc_t* w, const acc_t* b,
                   acc_t* scratch) {
   for (int64_t r = row_begin; r < row_end; ++r) {
     const acc_t* xr = row_as_acc(x + r * N, N, scratch);
-    acc_t mean, var;
-    row_moments(xr, N, mean, var);
-    const acc_t rstd = acc_t(1) / std::sqrt(var + eps);
-    row_affine(xr, N, mean, rstd, w, b, y + r * N);
-    mean_out[r] = mean;
+    const RowStats<acc_t> st = row_stats(xr, N);
+    const acc_t rstd = acc_t(1) / std::sqrt(st.var + eps);
+    row_affine(xr, N, st, rstd, w, b, y + r * N);
+    mean_out[r] = st.shift + st.delta;
     rstd_out[r] = rstd;
   }
 }
@@ -107,6 +135,9 @@ void forward_rows(const scalar_t* x, const acc_t* w, const acc_t* b,
 //   dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
 // and the parameter gradients are column sums over rows:
 //   dweight = sum_rows(dy * xhat),  dbias = sum_rows(dy).
+// The saved mean is rounded to acc_t, which for |mean| >> std is off by a
+// good fraction of a std (see row_stats); the first pass therefore also sums
+// d = x - mean, whose average `delta` corrects it: xhat = (d - delta) * rstd.
 // This function adds its rows' column sums into dw_acc / db_acc (N acc_t
 // each, nullptr when not wanted) and writes dx (nullptr when not wanted).
 // `scratch` holds 2 * N acc_t.
@@ -123,54 +154,43 @@ void backward_rows(const scalar_t* dy, const scalar_t* x, const acc_t* mean,
     const acc_t mu = mean[r];
     const acc_t rs = rstd[r];
 
-    if (dw_acc != nullptr)
-      for (int64_t i = 0; i < N; ++i) dw_acc[i] += dyr[i] * ((xr[i] - mu) * rs);
-    if (db_acc != nullptr)
-      for (int64_t i = 0; i < N; ++i) db_acc[i] += dyr[i];
-    if (dx == nullptr) continue;
-
-    // sum(g) and sum(g * xhat), with g = dy * w.
+    // Pass 1: sum(d), sum(g) and sum(g * d).
+    acc_t lanes_d[kLanes] = {};
     acc_t lanes_g[kLanes] = {};
-    acc_t lanes_gx[kLanes] = {};
-    if (w != nullptr) {
-      for (int64_t i = 0; i < body; i += kLanes)
-        for (int64_t j = 0; j < kLanes; ++j) {
-          const acc_t g = dyr[i + j] * w[i + j];
-          lanes_g[j] += g;
-          lanes_gx[j] += g * ((xr[i + j] - mu) * rs);
-        }
-      for (int64_t i = body; i < N; ++i) {
-        const acc_t g = dyr[i] * w[i];
-        lanes_g[i - body] += g;
-        lanes_gx[i - body] += g * ((xr[i] - mu) * rs);
+    acc_t lanes_gd[kLanes] = {};
+    for (int64_t i = 0; i < body; i += kLanes)
+      for (int64_t j = 0; j < kLanes; ++j) {
+        const acc_t d = xr[i + j] - mu;
+        const acc_t g = w != nullptr ? dyr[i + j] * w[i + j] : dyr[i + j];
+        lanes_d[j] += d;
+        lanes_g[j] += g;
+        lanes_gd[j] += g * d;
       }
-    } else {
-      for (int64_t i = 0; i < body; i += kLanes)
-        for (int64_t j = 0; j < kLanes; ++j) {
-          lanes_g[j] += dyr[i + j];
-          lanes_gx[j] += dyr[i + j] * ((xr[i + j] - mu) * rs);
-        }
-      for (int64_t i = body; i < N; ++i) {
-        lanes_g[i - body] += dyr[i];
-        lanes_gx[i - body] += dyr[i] * ((xr[i] - mu) * rs);
-      }
+    for (int64_t i = body; i < N; ++i) {
+      const acc_t d = xr[i] - mu;
+      const acc_t g = w != nullptr ? dyr[i] * w[i] : dyr[i];
+      lanes_d[i - body] += d;
+      lanes_g[i - body] += g;
+      lanes_gd[i - body] += g * d;
     }
-    const acc_t mean_g = sum_lanes(lanes_g) * inv_n;
-    const acc_t mean_gx = sum_lanes(lanes_gx) * inv_n;
+    const acc_t delta = sum_lanes(lanes_d) * inv_n;
+    const acc_t sum_g = sum_lanes(lanes_g);
+    const acc_t mean_g = sum_g * inv_n;
+    // mean(g * xhat) = rstd * (sum(g * d) - delta * sum(g)) / N.
+    const acc_t mean_gx = rs * (sum_lanes(lanes_gd) - delta * sum_g) * inv_n;
 
-    // dx = rstd * (g - mean_g - xhat * mean_gx) = g * rs + (x - mu) * p + q
-    // with p = -rs^2 * mean_gx and q = -rs * mean_g. x - mu is formed first
-    // (not x * p + mu * ...) so that rows with a large offset do not cancel.
-    const acc_t p = -rs * rs * mean_gx;
-    const acc_t q = -rs * mean_g;
-    scalar_t* dxr = dx + r * N;
-    if (w != nullptr) {
-      for (int64_t i = 0; i < N; ++i)
-        dxr[i] =
-            static_cast<scalar_t>(dyr[i] * w[i] * rs + (xr[i] - mu) * p + q);
-    } else {
-      for (int64_t i = 0; i < N; ++i)
-        dxr[i] = static_cast<scalar_t>(dyr[i] * rs + (xr[i] - mu) * p + q);
+    // Pass 2: dx = (g - mean_g) * rs - xhat * (rs * mean_gx), and the
+    // parameter-gradient column sums.
+    const acc_t c = rs * mean_gx;
+    scalar_t* dxr = dx != nullptr ? dx + r * N : nullptr;
+    for (int64_t i = 0; i < N; ++i) {
+      const acc_t xhat = ((xr[i] - mu) - delta) * rs;
+      if (dw_acc != nullptr) dw_acc[i] += dyr[i] * xhat;
+      if (db_acc != nullptr) db_acc[i] += dyr[i];
+      if (dxr != nullptr) {
+        const acc_t g = w != nullptr ? dyr[i] * w[i] : dyr[i];
+        dxr[i] = static_cast<scalar_t>((g - mean_g) * rs - xhat * c);
+      }
     }
   }
 }

@@ -1,0 +1,190 @@
+"""Edge cases: empty inputs, tiny and constant rows, non-finite values, large
+offsets, determinism, both CPU instruction sets, more than 2**31 elements."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import assert_close, reference, run_layer_norm
+
+import fastln
+
+
+@pytest.mark.parametrize(
+    "shape,ns", [((0, 8), (8,)), ((2, 0, 8), (8,)), ((4, 0), (0,)), ((3, 2, 0), (2, 0))], ids=str
+)
+def test_empty(shape, ns):
+    x = torch.randn(shape)
+    w = torch.randn(ns, requires_grad=True)
+    b = torch.randn(ns, requires_grad=True)
+    xr = x.clone().requires_grad_()
+    y = fastln.layer_norm(xr, ns, w, b)
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert xr.grad.shape == x.shape
+    assert torch.equal(w.grad, torch.zeros(ns)) and torch.equal(b.grad, torch.zeros(ns))
+    out, mean, rstd = torch.ops.fastln.layer_norm_fwd(x, list(ns), None, None, 1e-5)
+    t_out, t_mean, t_rstd = torch.native_layer_norm(x, list(ns), None, None, 1e-5)
+    assert mean.shape == t_mean.shape and rstd.shape == t_rstd.shape
+    torch.testing.assert_close(mean, t_mean.float(), equal_nan=True)
+    torch.testing.assert_close(rstd, t_rstd.float(), equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_one_element_rows(dtype):
+    # A row of one element normalizes to exactly 0 (then the bias).
+    x = torch.randn(10, 1, dtype=dtype) * 100
+    b = torch.randn(1, dtype=dtype)
+    out = fastln.layer_norm(x, (1,), torch.randn(1, dtype=dtype), b)
+    assert torch.equal(out, b.expand(10, 1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_constant_rows(dtype):
+    x = torch.full((4, 1000), 3.25, dtype=dtype)
+    w, b = torch.randn(1000, dtype=dtype), torch.randn(1000, dtype=dtype)
+    g = torch.randn(4, 1000, dtype=dtype)
+    out, dx, dw, db = run_layer_norm(fastln.layer_norm, x, (1000,), w, b, 1e-5, g)
+    assert torch.equal(out, b.expand(4, 1000))  # exactly: x - mean is exactly 0
+    want = reference(x, (1000,), w, b, 1e-5, g)
+    assert_close(dx, want[1], dtype, backward=True, what="dx")
+    assert torch.equal(dw, torch.zeros_like(dw))
+    assert_close(db, want[3], dtype, backward=True, what="db")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_non_finite_propagates_like_torch(value, dtype):
+    x = torch.randn(3, 17, dtype=dtype)
+    x[1, 5] = value
+    w, b = torch.randn(17, dtype=dtype), torch.randn(17, dtype=dtype)
+    g = torch.randn(3, 17, dtype=dtype)
+    ours = run_layer_norm(fastln.layer_norm, x, (17,), w, b, 1e-5, g)
+    theirs = run_layer_norm(F.layer_norm, x, (17,), w, b, 1e-5, g)
+    for a, t in zip(ours, theirs):
+        # The same positions are non-finite (a poisoned row poisons its row,
+        # and dweight/dbias columns it touches) ...
+        assert torch.equal(torch.isfinite(a), torch.isfinite(t))
+        # ... and the untouched rows still match.
+    assert_close(ours[0][[0, 2]], theirs[0][[0, 2]].double(), dtype)
+    assert_close(ours[1][[0, 2]], theirs[1][[0, 2]].double(), dtype, backward=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_huge_offset_keeps_accuracy(dtype):
+    # x * 1e-3 + 1e4: E[x^2] - E[x]^2 would lose every digit in float32.
+    base = torch.randn(16, 512, dtype=torch.float64)
+    x = (base * 1e-3 + 1e4).to(dtype)
+    w, b = torch.randn(512, dtype=dtype), torch.randn(512, dtype=dtype)
+    g = torch.randn(16, 512, dtype=dtype)
+    got = run_layer_norm(fastln.layer_norm, x, (512,), w, b, 1e-12, g)
+    want = reference(x, (512,), w, b, 1e-12, g)
+    # float32 holds 1e4 with a resolution of 1e-3, the same scale as the
+    # signal; the float64 reference is taken on the same rounded input, so
+    # fastln must still meet the ordinary float32 tolerance (scaled by the
+    # 1e3 amplification of dx through rstd).
+    assert_close(got[0], want[0], dtype, what="out")
+    assert_close(got[1] * 1e-3, want[1] * 1e-3, dtype, backward=True, what="dx")
+    assert_close(got[2], want[2], dtype, backward=True, what="dweight")
+
+
+def test_parameter_grads_are_deterministic_across_thread_counts():
+    x = torch.randn(3001, 257)
+    w, b = torch.randn(257), torch.randn(257)
+    g = torch.randn(3001, 257)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3, 1):
+            torch.set_num_threads(n)
+            results.append(run_layer_norm(fastln.layer_norm, x, (257,), w, b, 1e-5, g))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, e in zip(results[0], other):
+            assert torch.equal(a, e)
+
+
+def _run_isa(isa: str) -> str:
+    code = (
+        "import torch, fastln\n"
+        "torch.manual_seed(0)\n"
+        "assert fastln.cpu_isa() in ('base', 'avx2'), fastln.cpu_isa()\n"
+        "print(fastln.cpu_isa())\n"
+        "for dt in (torch.float32, torch.bfloat16, torch.float16, torch.float64):\n"
+        "    x = torch.randn(37, 1031, dtype=dt) * 3 + 1\n"
+        "    w, b = torch.randn(1031, dtype=dt), torch.randn(1031, dtype=dt)\n"
+        "    xr = x.clone().requires_grad_(); wr = w.clone().requires_grad_()\n"
+        "    br = b.clone().requires_grad_()\n"
+        "    y = fastln.layer_norm(xr, (1031,), wr, br); y.backward(torch.ones_like(y))\n"
+        "    torch.save([y, xr.grad, wr.grad, br.grad], f'{OUT}_{dt}.pt')\n"
+    )
+    return code
+
+
+def test_baseline_and_avx2_kernels_agree(tmp_path):
+    outputs = {}
+    for isa in ("base", "native"):
+        env = dict(os.environ)
+        if isa == "base":
+            env["FASTLN_CPU_ISA"] = "base"
+        else:
+            env.pop("FASTLN_CPU_ISA", None)
+        prefix = str(tmp_path / isa)
+        proc = subprocess.run(
+            [sys.executable, "-c", f"OUT = {prefix!r}\n" + _run_isa(isa)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        outputs[isa] = proc.stdout.strip()
+    assert outputs["base"] == "base"
+    for dt in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        a = torch.load(tmp_path / f"base_{dt}.pt")
+        b = torch.load(tmp_path / f"native_{dt}.pt")
+        for what, ta, tb in zip(("out", "dx", "dweight", "dbias"), a, b):
+            assert_close(ta, tb.double(), dt, backward=what != "out", what=what)
+
+
+def _available_memory_bytes() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+@pytest.mark.skipif(
+    _available_memory_bytes() < 16 * 2**30,
+    reason="needs 16 GiB of free memory for a > 2**31-element tensor",
+)
+def test_more_than_2_31_elements():
+    # bfloat16 [524289, 4096]: 2**31 + 4096 elements (4 GiB); indices past
+    # 2**31 must not wrap. Every row is the same, so the last rows can be
+    # checked against one small reference row.
+    N = 4096
+    M = 2**31 // N + 1
+    row = (torch.randn(N) * 2 + 1).to(torch.bfloat16)
+    w = torch.randn(N, dtype=torch.bfloat16)
+    x = row.expand(M, N).contiguous()
+    out, mean, rstd = torch.ops.fastln.layer_norm_fwd(x, [N], w, None, 1e-5)
+    want = reference(row[None], (N,), w, None, 1e-5, None)[0]
+    assert_close(out[-2:], want.expand(2, N), torch.bfloat16, what="last rows")
+    assert_close(out[:1], want, torch.bfloat16, what="first row")
+    assert torch.equal(mean[-1], mean[0]) and torch.equal(rstd[-1], rstd[0])
+    del out
+    dy = x  # any grad; reuse the buffer to stay within memory
+    dx, dw, _ = torch.ops.fastln.layer_norm_bwd(
+        dy, x, [N], mean, rstd, w, None, [True, True, False]
+    )
+    del x
+    want_bwd = reference(row[None], (N,), w, None, 1e-5, row[None])
+    assert_close(dx[-1:], want_bwd[1], torch.bfloat16, backward=True, what="dx last row")
+    # dweight = M * (per-row dy * xhat): compare per row.
+    assert_close(dw.double() / M, want_bwd[2], torch.bfloat16, backward=True, what="dweight")
