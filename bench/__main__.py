@@ -13,7 +13,9 @@ import argparse
 import contextlib
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -21,8 +23,9 @@ import fastln
 
 from . import report
 from .bytemodel import bytes_moved, gb_per_s
-from .check import check
-from .impls import Impl, copy_workload, discover, make_inputs, workload
+from .check import CheckResult, check
+from .impls import Impl, Inputs, copy_workload, discover, make_inputs, workload
+from .report import Row
 from .sweeps import (
     DEFAULT_DTYPES,
     DTYPES,
@@ -34,12 +37,16 @@ from .sweeps import (
     parse_modes,
     parse_shapes,
 )
-from .timing import CpuTimer, CudaTimer, ForeignLoad, Stats
+from .timing import CpuTimer, CudaTimer, ForeignLoad, Stats, Workload
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # Rows in a row that stayed noisy through their retries before retrying stops:
 # retries help against a burst, not against a neighbour busy for the whole run.
 BUSY_STREAK = 5
+# CUDA: rows moving fewer bytes than this take < ~20 us at 3 TB/s and are timed
+# as CUDA graph replays. Decided per row, not per implementation, so that all
+# implementations of a row are timed the same way.
+GRAPH_BELOW_BYTES = 64 << 20
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -114,61 +121,115 @@ def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first_line[:160]}"
 
 
-def measure_row(
-    impls: list[Impl],
-    mode: str,
-    level: str,
-    config: DtypeConfig,
-    inp: object,
-    timer: CpuTimer | CudaTimer,
-    device: str,
-    time_per_impl: float,
-    disabled: set[tuple[str, str]],
-    notes: list[str],
-    retries: int,
-    max_foreign_load: float,
-) -> tuple[dict[str, Stats], dict[str, int | None], int, str | None, float]:
-    """Times one (mode, dtype, shape) for every implementation plus the copy.
+@dataclass
+class Runner:
+    """Times rows: one (mode, dtype, shape) for every implementation plus the copy."""
 
-    Returns stats, peak memory, the bytes the copy moved, fastln's error if it
-    failed to run, and the foreign CPU load (cores) seen while timing: a row
-    timed while other processes ran is retried, keeping the quietest attempt."""
-    workloads = {}
-    for impl in impls:
-        if (impl.name, config.name) in disabled:
-            continue
+    impls: list[Impl]
+    level: str
+    device: str
+    timer: CpuTimer | CudaTimer
+    time_per_impl: float
+    retries: int
+    max_foreign_load: float
+    progress: report.Progress
+    notes: list[str] = field(default_factory=list)
+    disabled: set[tuple[str, str]] = field(default_factory=set)  # (impl, dtype) that failed
+    noisy: int = 0
+    busy_streak: int = 0
+
+    def workloads(self, mode: str, config: DtypeConfig, inp: Inputs) -> dict[str, Workload]:
+        """Builds and warms up each implementation's workload (the warm-up
+        compiles torch.compile's graph). Raises if fastln itself fails."""
+        out = {}
+        for impl in self.impls:
+            if (impl.name, config.name) in self.disabled:
+                continue
+            try:
+                w = workload(impl, mode, self.level, inp)
+                w()
+                w()
+            except Exception as exc:
+                if impl.name == "fastln":
+                    raise
+                # A baseline that cannot run this dtype is dropped for the rest of the run.
+                self.disabled.add((impl.name, config.name))
+                self.notes.append(
+                    f"{impl.name}: failed on {mode} {config.name}, skipped for {config.name} "
+                    f"from here on ({error_text(exc)})"
+                )
+                continue
+            out[impl.name] = w
+        return out
+
+    def measure(
+        self, workloads: dict[str, Workload], small: bool
+    ) -> tuple[dict[str, Stats], float]:
+        """Stats of the quietest attempt and the foreign CPU load (cores) seen
+        during it: a row timed while other processes ran is retried."""
+        retries = self.retries if self.busy_streak < BUSY_STREAK else 0
+        best: tuple[float, dict[str, Stats]] | None = None
+        for attempt in range(retries + 1):
+            if attempt:
+                time.sleep(attempt)  # give the other process a moment to finish
+            monitor = ForeignLoad()
+            stats = self.timer.measure(workloads, self.time_per_impl, small)
+            load = monitor.cores() or 0.0
+            if best is None or load < best[0]:
+                best = (load, stats)
+            if load <= self.max_foreign_load:
+                break
+        assert best is not None
+        if best[0] > self.max_foreign_load:
+            self.noisy += 1
+            self.busy_streak += 1
+            if self.busy_streak == BUSY_STREAK and self.retries:
+                self.progress.write(
+                    f"note: {BUSY_STREAK} rows in a row timed under foreign load; "
+                    "no more retries until a row is quiet"
+                )
+        else:
+            self.busy_streak = 0
+        return best[1], best[0]
+
+    def row(self, mode: str, config: DtypeConfig, inp: Inputs, result: CheckResult) -> list[Row]:
+        m, n = inp.x.shape
+        nbytes = bytes_moved(mode, m, n, config)
+        base: Row = {
+            "mode": mode, "dtype": config.name, "M": m, "N": n, "bytes": nbytes,
+            "fwd_err": result.fwd_err, "bwd_err": result.bwd_err,
+            "eager_fwd_err": result.eager_fwd_err, "eager_bwd_err": result.eager_bwd_err,
+        }  # fmt: skip
+        where = f"{mode} {config.name} {m}x{n}"
+        if not result.ok(mode):
+            why = "; ".join(result.messages) or "check failed"
+            self.progress.write(f"!!! FAIL {where}: {why}")
+            return [{**base, "impl": "fastln", "status": "FAIL", "note": why}]
         try:
-            w = workload(impl, mode, level, inp)  # type: ignore[arg-type]
-            w()  # warm-up; compiles torch.compile's graph for this shape
-            w()
+            workloads = self.workloads(mode, config, inp)
         except Exception as exc:
-            msg = error_text(exc)
-            if impl.name == "fastln":
-                return {}, {}, 0, msg, 0.0
-            # A baseline that cannot run this dtype is dropped for the rest of the run.
-            disabled.add((impl.name, config.name))
-            notes.append(
-                f"{impl.name}: failed on {mode} {config.name}, skipped for {config.name} "
-                f"from here on ({msg})"
-            )
-            continue
-        workloads[impl.name] = w
-    copy, copy_bytes = copy_workload(bytes_moved(mode, *inp.x.shape, config), device)  # type: ignore[attr-defined]
-    workloads["copy"] = copy
-    best: tuple[float, dict[str, Stats]] | None = None
-    for attempt in range(retries + 1):
-        if attempt:
-            time.sleep(attempt)  # give the other process a moment to finish
-        monitor = ForeignLoad()
-        stats = timer.measure(workloads, time_per_impl)
-        load = monitor.cores()
-        load = 0.0 if load is None else load
-        if best is None or load < best[0]:
-            best = (load, stats)
-        if load <= max_foreign_load:
-            break
-    peaks = {name: timer.peak_memory(w) for name, w in workloads.items()}
-    return best[1], peaks, copy_bytes, None, best[0]
+            why = f"fastln raised {error_text(exc)}"
+            self.progress.write(f"!!! FAIL {where}: {why}")
+            return [{**base, "impl": "fastln", "status": "FAIL", "note": why}]
+        workloads["copy"], copy_bytes = copy_workload(nbytes, self.device)
+        stats, load = self.measure(workloads, small=nbytes < GRAPH_BELOW_BYTES)
+        copy_gbps = gb_per_s(copy_bytes, stats["copy"].median)
+        rows = []
+        for name, s in stats.items():
+            if name == "copy":
+                continue
+            gbps = gb_per_s(nbytes, s.median)
+            peak = self.timer.peak_memory(workloads[name])
+            rows.append({
+                **base, "impl": name, "status": "ok", "us": s.median * 1e6,
+                "us_p20": s.p20 * 1e6, "us_p80": s.p80 * 1e6, "gbps": gbps,
+                "pct_copy": 100 * gbps / copy_gbps, "copy_gbps": copy_gbps,
+                "fastln_speedup": s.median / stats["fastln"].median,
+                "peak_mib": None if peak is None else peak / 2**20, "method": s.method,
+                "samples": s.samples, "calls_per_sample": s.calls_per_sample,
+                "foreign_load": load, "note": "",
+            })  # fmt: skip
+        return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,15 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     modes = parse_modes(args.mode)
-    configs = (
-        parse_dtypes(args.dtypes)
-        if args.dtypes
-        else [DTYPES[d] for d in (QUICK_DTYPES if args.quick else DEFAULT_DTYPES)[device]]
-    )
+    dtype_names = (QUICK_DTYPES if args.quick else DEFAULT_DTYPES)[device]
+    configs = parse_dtypes(args.dtypes) if args.dtypes else [DTYPES[d] for d in dtype_names]
     shapes = parse_shapes(args.shapes) if args.shapes else default_shapes(device, args.quick)
     compile_mode = args.compile if args.compile != "auto" else ("m" if device == "cuda" else "all")
-    time_per_impl = args.time_per_impl or (0.04 if args.quick else 0.1)
-    retries = args.retries if args.retries is not None else (2 if device == "cpu" else 0)
     stem = args.name or ("custom" if args.shapes else "quick" if args.quick else "sweep")
 
     impls, notes = discover(device, args.level, compile_mode)
@@ -212,11 +268,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     meta = report.metadata(device, args.level, compile_mode)
     out_dir = args.out or RESULTS / report.device_slug(meta)
-
     print(
         f"fastln bench: {meta['device_name']} | torch {meta['torch']} (CUDA {meta['cuda']}) | "
-        f"fastln cpu_isa={meta['cpu_isa']} | {meta['threads']} threads | "
-        f"commit {meta['commit']}"
+        f"fastln cpu_isa={meta['cpu_isa']} | {meta['threads']} threads | commit {meta['commit']}"
     )
     print(
         f"level={args.level} modes={','.join(modes)} dtypes={','.join(c.name for c in configs)} "
@@ -224,131 +278,63 @@ def main(argv: list[str] | None = None) -> int:
     )
     for note in notes:
         print(f"note: {note}")
-
-    quiet = ForeignLoad()
+    idle = ForeignLoad()
     time.sleep(0.5)
-    idle_load = quiet.cores() or 0.0
-    meta["foreign_load_at_start"] = round(idle_load, 2)
-    if idle_load > args.max_foreign_load:
+    meta["foreign_load_at_start"] = round(idle.cores() or 0.0, 2)
+    if meta["foreign_load_at_start"] > args.max_foreign_load:
         print(
-            f"WARNING: other processes are using {idle_load:.1f} CPU cores; "
+            f"WARNING: other processes are using {meta['foreign_load_at_start']:.1f} CPU cores; "
             "CPU timings will be noisy"
         )
-    rows: list[report.Row] = []
-    noisy = busy_streak = 0
-    disabled: set[tuple[str, str]] = set()
+
     progress = report.Progress(len(shapes) * len(configs) * len(modes), not args.no_progress)
+    runner = Runner(
+        impls, args.level, device, timer,
+        time_per_impl=args.time_per_impl or (0.04 if args.quick else 0.1),
+        retries=args.retries if args.retries is not None else (2 if device == "cpu" else 0),
+        max_foreign_load=args.max_foreign_load, progress=progress,
+    )  # fmt: skip
+    rows: list[Row] = []
     started = time.perf_counter()
     # On CUDA everything runs on one side stream: graph capture needs a
     # non-default stream, and backward ops run on their forward's stream.
-    stream_ctx = (
-        torch.cuda.stream(torch.cuda.Stream()) if device == "cuda" else (contextlib.nullcontext())
-    )
-    with stream_ctx:
+    on_stream: Any = torch.cuda.stream(torch.cuda.Stream()) if device == "cuda" else None
+    with on_stream or contextlib.nullcontext():
         for m, n in shapes:
             for config in configs:
                 inp = make_inputs(m, n, config, device)
                 result = check(inp, modes)
                 for mode in modes:
                     progress.update(f"{mode} {config.name} {m}x{n}")
-                    base = {
-                        "mode": mode,
-                        "dtype": config.name,
-                        "M": m,
-                        "N": n,
-                        "bytes": bytes_moved(mode, m, n, config),
-                        "fwd_err": result.fwd_err,
-                        "bwd_err": result.bwd_err,
-                    }
-                    if not result.ok(mode):
-                        why = "; ".join(result.messages) or "check failed"
-                        progress.write(f"!!! FAIL {mode} {config.name} {m}x{n}: {why}")
-                        rows.append({**base, "impl": "fastln", "status": "FAIL", "note": why})
-                        continue
-                    stats, peaks, copy_bytes, error, load = measure_row(
-                        impls,
-                        mode,
-                        args.level,
-                        config,
-                        inp,
-                        timer,
-                        device,
-                        time_per_impl,
-                        disabled,
-                        notes,
-                        retries if busy_streak < BUSY_STREAK else 0,
-                        args.max_foreign_load,
-                    )
-                    if load > args.max_foreign_load:
-                        noisy += 1
-                        busy_streak += 1
-                        if busy_streak == BUSY_STREAK and retries:
-                            progress.write(
-                                f"note: {BUSY_STREAK} rows in a row measured under foreign load; "
-                                "no more retries until a row is quiet"
-                            )
-                    else:
-                        busy_streak = 0
-                    if error:
-                        progress.write(f"!!! FAIL {mode} {config.name} {m}x{n}: fastln {error}")
-                        rows.append({**base, "impl": "fastln", "status": "FAIL", "note": error})
-                        continue
-                    copy_gbps = gb_per_s(copy_bytes, stats["copy"].median)
-                    t_fastln = stats["fastln"].median
-                    for name, s in stats.items():
-                        if name == "copy":
-                            continue
-                        gbps = gb_per_s(base["bytes"], s.median)
-                        peak = peaks.get(name)
-                        rows.append(
-                            {
-                                **base,
-                                "impl": name,
-                                "status": "ok",
-                                "us": s.median * 1e6,
-                                "us_p20": s.p20 * 1e6,
-                                "us_p80": s.p80 * 1e6,
-                                "gbps": gbps,
-                                "pct_copy": 100 * gbps / copy_gbps,
-                                "copy_gbps": copy_gbps,
-                                "fastln_speedup": s.median / t_fastln,
-                                "peak_mib": None if peak is None else peak / 2**20,
-                                "method": s.method,
-                                "samples": s.samples,
-                                "calls_per_sample": s.calls_per_sample,
-                                "foreign_load": load,
-                                "note": "",
-                            }
-                        )
+                    rows += runner.row(mode, config, inp, result)
                 del inp
     progress.close()
     elapsed = time.perf_counter() - started
-    notes.extend(timer.notes)
-    if noisy:
-        notes.append(
-            f"{noisy} rows were timed while other processes used more than "
-            f"{args.max_foreign_load} CPU cores (column foreign_load); re-run them"
-        )
     meta["elapsed_s"] = round(elapsed, 1)
+    run_notes = runner.notes + timer.notes
+    if runner.noisy:
+        run_notes.append(
+            f"{runner.noisy} rows were timed while other processes used more than "
+            f"{args.max_foreign_load} CPU cores (column foreign_load): re-run them"
+        )
 
     report.print_table(rows)
     report.print_summary(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / f"{stem}.csv", out_dir / f"{stem}.json"]
     report.write_csv(written[0], rows, meta)
-    report.write_json(written[1], rows, meta, notes)
+    report.write_json(written[1], rows, meta, notes + run_notes)
     if not args.no_plots:
         try:
             written += report.plot(out_dir, stem, rows, meta)
         except ImportError:
             print("note: matplotlib is not installed, no plots (pip install matplotlib)")
-    for note in notes[len(notes) - len(timer.notes) - (1 if noisy else 0) :]:
+    for note in run_notes:
         print(f"note: {note}")
     print(f"\n{len(rows)} results in {elapsed:.0f} s; wrote:")
     for path in written:
         print(f"  {path}")
-    fails = sum(1 for r in rows if r["status"] == "FAIL")
-    return 1 if fails else 0
+    return 1 if any(r["status"] == "FAIL" for r in rows) else 0
 
 
 if __name__ == "__main__":

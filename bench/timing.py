@@ -10,10 +10,11 @@ loop then cost nothing measurable.
 
 CUDA: events around each sample, after writing a buffer twice the L2 size so
 that no sample starts with its inputs cached by the previous one. A call that
-takes less than ~20 us on the GPU is dominated by launch overhead and Python
-between the events, so it is captured K times into a CUDA graph and the graph
-is replayed instead (time / K): that reports what the GPU spends per call,
-as in a graph-captured model. Inside one replay calls 2..K may hit L2.
+takes less than ~20 us on the GPU (the caller says so, by bytes moved, for a
+whole row) is dominated by launch overhead and Python between the events, so
+it is captured K times into a CUDA graph and the graph is replayed instead
+(time / K): that reports what the GPU spends per call, as in a
+graph-captured model. Inside one replay calls 2..K may hit L2.
 """
 
 from __future__ import annotations
@@ -129,7 +130,9 @@ class CpuTimer:
             calls += 1
         return (time.perf_counter() - start) / calls
 
-    def measure(self, workloads: dict[str, Workload], time_per_impl_s: float) -> dict[str, Stats]:
+    def measure(
+        self, workloads: dict[str, Workload], time_per_impl_s: float, small: bool = False
+    ) -> dict[str, Stats]:
         calls = {n: max(1, round(self.sample_s / self._estimate(f))) for n, f in workloads.items()}
 
         def sampler(fn: Workload, k: int) -> Callable[[], float]:
@@ -154,14 +157,12 @@ class CpuTimer:
 class CudaTimer:
     def __init__(
         self,
-        graph_below_s: float = 20e-6,
-        graph_target_s: float = 500e-6,
+        graph_calls: int = 32,
         min_reps: int = 10,
         max_reps: int = 200,
         use_graphs: bool = True,
     ) -> None:
-        self.graph_below_s = graph_below_s
-        self.graph_target_s = graph_target_s
+        self.graph_calls = graph_calls
         self.min_reps = min_reps
         self.max_reps = max_reps
         self.use_graphs = use_graphs
@@ -172,33 +173,20 @@ class CudaTimer:
         self.start = torch.cuda.Event(enable_timing=True)
         self.end = torch.cuda.Event(enable_timing=True)
 
-    def flush(self) -> None:
-        self.flush_buffer.zero_()
-
     def _events(self, body: Callable[[], object]) -> float:
-        self.flush()
+        self.flush_buffer.zero_()  # evict the previous sample's data from L2
         self.start.record()
         body()
         self.end.record()
         self.end.synchronize()
         return self.start.elapsed_time(self.end) * 1e-3
 
-    def _capture(self, fn: Workload, k: int) -> torch.cuda.CUDAGraph:
-        # Capture on the current stream: the benchmark runs everything, autograd's
-        # forward included, on one side stream, and backward ops go to the stream
-        # of their forward.
-        stream = torch.cuda.current_stream()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=stream):
-            for _ in range(k):
-                fn()
-        return graph
-
-    def _sampler(self, name: str, fn: Workload) -> tuple[Callable[[], float], int, str]:
-        estimate = sorted(self._events(fn) for _ in range(3))[1]
-        if estimate >= self.graph_below_s:
+    def _sampler(
+        self, name: str, fn: Workload, small: bool
+    ) -> tuple[Callable[[], float], int, str]:
+        if not small:
             return (lambda: self._events(fn)), 1, "events"
-        k = max(2, min(200, math.ceil(self.graph_target_s / max(estimate, 1e-7))))
+        k = self.graph_calls
 
         def loop() -> None:
             for _ in range(k):
@@ -206,22 +194,30 @@ class CudaTimer:
 
         if self.use_graphs:
             try:
-                graph = self._capture(fn, k)
+                # Capture on the current stream: the benchmark runs everything on
+                # one side stream, autograd's forward included, and backward ops
+                # go to their forward's stream. The workload is already warm.
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, stream=torch.cuda.current_stream()):
+                    loop()
                 graph.replay()
                 torch.cuda.synchronize()
                 return (lambda: self._events(graph.replay) / k), k, "graph"
-            except Exception as exc:  # an op that syncs or allocates host memory, ...
+            except Exception as exc:  # an op that syncs, or allocates pinned memory, ...
                 torch.cuda.synchronize()
                 self.notes.append(
                     f"{name}: CUDA graph capture failed ({type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); timed a loop of "
-                    f"{k} calls between events instead (includes launch overhead)"
+                    f"{str(exc).strip()[:120]}); timed a loop of {k} calls between events "
+                    "instead (includes launch overhead)"
                 )
         return (lambda: self._events(loop) / k), k, "events-loop"
 
-    def measure(self, workloads: dict[str, Workload], time_per_impl_s: float) -> dict[str, Stats]:
+    def measure(
+        self, workloads: dict[str, Workload], time_per_impl_s: float, small: bool = False
+    ) -> dict[str, Stats]:
+        """small: time graph replays of K calls (the row moves few bytes)."""
         torch.cuda.synchronize()
-        plans = {n: self._sampler(n, f) for n, f in workloads.items()}
+        plans = {n: self._sampler(n, f, small) for n, f in workloads.items()}
         samplers = {n: p[0] for n, p in plans.items()}
         values = _interleave(
             samplers, time_per_impl_s * len(workloads), self.min_reps, self.max_reps
