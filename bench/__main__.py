@@ -320,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report.print_table(rows)
     report.print_summary(rows)
+    report.print_pivot(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / f"{stem}.csv", out_dir / f"{stem}.json"]
     report.write_csv(written[0], rows, meta)

@@ -353,3 +353,49 @@ def plot(out_dir: Path, stem: str, rows: list[Row], meta: dict[str, Any]) -> lis
         plt.close(fig)
         written.append(path)
     return written
+
+
+def print_pivot(rows: list[Row], baseline: str = "eager") -> None:
+    """fastln's speedup over one baseline, one line per (mode, dtype, N), each
+    entry 'M:speedup' ('!' where fastln is slower, FAIL where it failed)."""
+    print(f"\nfastln speedup over {baseline} per (mode, dtype, N), entries M:speedup")
+    for (mode, dtype), group in groups(rows).items():
+        by_n: dict[int, list[str]] = defaultdict(list)
+        for r in sorted(group, key=lambda r: (r["N"], r["M"])):
+            if r["impl"] == "fastln" and r["status"] != "ok":
+                by_n[r["N"]].append(f"{r['M']}:FAIL")
+            elif r["impl"] == baseline and r["status"] == "ok":
+                sp = r["fastln_speedup"]
+                by_n[r["N"]].append(f"{r['M']}:{sp:.2f}{'!' if sp < 1 else ''}")
+        for n, entries in by_n.items():
+            print(f"  {mode:>6} {dtype:<10} N={n:<6} " + "  ".join(entries))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m bench.report RUN.json: the tables of a saved run, again."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m bench.report", description=main.__doc__)
+    p.add_argument("json", type=Path)
+    p.add_argument("--baseline", default="eager", help="baseline of the per-N table")
+    p.add_argument("--plots", action="store_true", help="redraw the PNGs next to the JSON")
+    args = p.parse_args(argv)
+    run = json.loads(args.json.read_text())
+    rows = [{k: (float("nan") if v is None and k.endswith("err") else v) for k, v in r.items()}
+            for r in run["rows"]]  # fmt: skip
+    meta = run["meta"]
+    print(f"{meta['device_name']} | torch {meta['torch']} | commit {meta['commit']} | "
+          f"level {meta['level']} | {meta['threads']} threads")  # fmt: skip
+    for note in run.get("notes", []):
+        print(f"note: {note}")
+    print_table(rows)
+    print_summary(rows)
+    print_pivot(rows, args.baseline)
+    if args.plots:
+        for path in plot(args.json.parent, args.json.stem, rows, meta):
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
