@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -111,6 +112,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.15,
         help="CPU cores other processes may use while a row is timed (default 0.15)",
     )
+    p.add_argument(
+        "--redo-noisy",
+        type=Path,
+        default=None,
+        metavar="RUN.json",
+        help="re-time only the rows of a saved run that were timed under foreign load\n"
+        "(same device, level and compile setting) and update that run's files in place",
+    )
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
@@ -171,7 +180,7 @@ class Runner:
         best: tuple[float, dict[str, Stats]] | None = None
         for attempt in range(retries + 1):
             if attempt:
-                time.sleep(attempt)  # give the other process a moment to finish
+                time.sleep(2 * attempt)  # give the other process a moment to finish
             monitor = ForeignLoad()
             stats = self.timer.measure(workloads, self.time_per_impl, small)
             load = monitor.cores() or 0.0
@@ -232,6 +241,35 @@ class Runner:
         return rows
 
 
+def noisy_keys(rows: list[Row], max_load: float) -> set[tuple[str, str, int, int]]:
+    """(mode, dtype, M, N) of the rows timed under more foreign load than max_load."""
+    return {
+        (r["mode"], r["dtype"], r["M"], r["N"])
+        for r in rows
+        if (r.get("foreign_load") or 0.0) > max_load
+    }
+
+
+def merge_rows(old: list[Row], new: list[Row]) -> list[Row]:
+    """old with the rows of every (mode, dtype, M, N) in new replaced, in old's order."""
+
+    def key(r: Row) -> tuple[str, str, int, int]:
+        return r["mode"], r["dtype"], r["M"], r["N"]
+
+    fresh: dict[tuple[str, str, int, int], list[Row]] = {}
+    for r in new:
+        fresh.setdefault(key(r), []).append(r)
+    merged: list[Row] = []
+    for r in old:
+        k = key(r)
+        if k not in fresh:
+            merged.append(r)
+        elif fresh[k]:
+            merged += fresh[k]
+            fresh[k] = []  # emitted in place of the first old row of k
+    return merged
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = args.device
@@ -250,6 +288,22 @@ def main(argv: list[str] | None = None) -> int:
     shapes = parse_shapes(args.shapes) if args.shapes else default_shapes(device, args.quick)
     compile_mode = args.compile if args.compile != "auto" else ("m" if device == "cuda" else "all")
     stem = args.name or ("custom" if args.shapes else "quick" if args.quick else "sweep")
+    out_dir = args.out
+    previous: dict[str, Any] | None = None
+    wanted: set[tuple[str, str, int, int]] | None = None  # None: every combination
+    if args.redo_noisy:
+        previous = json.loads(args.redo_noisy.read_text())
+        if previous["meta"]["device"] != device:
+            sys.exit(f"--redo-noisy: that run is on {previous['meta']['device']}, use --device")
+        args.level, compile_mode = previous["meta"]["level"], previous["meta"]["compile_dynamic"]
+        wanted = noisy_keys(previous["rows"], args.max_foreign_load)
+        if not wanted:
+            print(f"{args.redo_noisy}: no row was timed under foreign load; nothing to redo")
+            return 0
+        modes = [m for m in MODES if any(k[0] == m for k in wanted)]
+        configs = [DTYPES[d] for d in DTYPES if any(k[1] == d for k in wanted)]
+        shapes = list(dict.fromkeys((k[2], k[3]) for k in sorted(wanted, key=lambda k: k[3])))
+        out_dir, stem = args.redo_noisy.parent, args.redo_noisy.stem
 
     impls, notes = discover(device, args.level, compile_mode)
     if device == "cuda":
@@ -267,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             "--compile static for one kernel per shape"
         )
     meta = report.metadata(device, args.level, compile_mode)
-    out_dir = args.out or RESULTS / report.device_slug(meta)
+    out_dir = out_dir or RESULTS / report.device_slug(meta)
     print(
         f"fastln bench: {meta['device_name']} | torch {meta['torch']} (CUDA {meta['cuda']}) | "
         f"fastln cpu_isa={meta['cpu_isa']} | {meta['threads']} threads | commit {meta['commit']}"
@@ -287,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
             "CPU timings will be noisy"
         )
 
-    progress = report.Progress(len(shapes) * len(configs) * len(modes), not args.no_progress)
+    total = len(wanted) if wanted else len(shapes) * len(configs) * len(modes)
+    progress = report.Progress(total, not args.no_progress)
     runner = Runner(
         impls, args.level, device, timer,
         time_per_impl=args.time_per_impl or (0.04 if args.quick else 0.1),
@@ -302,9 +357,12 @@ def main(argv: list[str] | None = None) -> int:
     with on_stream or contextlib.nullcontext():
         for m, n in shapes:
             for config in configs:
+                todo = [md for md in modes if wanted is None or (md, config.name, m, n) in wanted]
+                if not todo:
+                    continue
                 inp = make_inputs(m, n, config, device)
-                result = check(inp, modes)
-                for mode in modes:
+                result = check(inp, todo)
+                for mode in todo:
                     progress.update(f"{mode} {config.name} {m}x{n}")
                     rows += runner.row(mode, config, inp, result)
                 del inp
@@ -312,10 +370,19 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
     meta["elapsed_s"] = round(elapsed, 1)
     run_notes = runner.notes + timer.notes
-    if runner.noisy:
+    if previous is not None:
+        rows = merge_rows(previous["rows"], rows)
+        meta = {**previous["meta"], "redo_utc": meta["utc"], "redo_commit": meta["commit"]}
+        meta["elapsed_s"] = round(previous["meta"].get("elapsed_s", 0) + elapsed, 1)
+        notes = [n for n in previous["notes"] if "foreign_load" not in n] + notes
+        if meta["redo_commit"] != meta["commit"]:
+            print(f"WARNING: redone at commit {meta['redo_commit']}, run was {meta['commit']}")
+    still_noisy = len(noisy_keys(rows, args.max_foreign_load))
+    if still_noisy:
         run_notes.append(
-            f"{runner.noisy} rows were timed while other processes used more than "
-            f"{args.max_foreign_load} CPU cores (column foreign_load): re-run them"
+            f"{still_noisy} rows were timed while other processes used more than "
+            f"{args.max_foreign_load} CPU cores (column foreign_load): redo them with "
+            f"python -m bench --device {device} --redo-noisy {out_dir / stem}.json"
         )
 
     report.print_table(rows)
