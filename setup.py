@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 
 import torch
 from setuptools import Extension, setup
@@ -36,6 +37,15 @@ def make_extension() -> Extension:
     # The C++ standard is left to torch.utils.cpp_extension: it passes the one
     # the installed torch's headers need.
     cxx_flags = ["-O3"]
+    link_flags: list[str] = []
+    if torch._C.has_openmp and sys.platform.startswith("linux"):
+        # at::parallel_for is a header template whose OpenMP backend is a
+        # `#pragma omp parallel`: without -fopenmp it silently runs on one
+        # thread. Linking -fopenmp resolves to the libgomp.so.1 that torch has
+        # already loaded (same soname), so there is one OpenMP runtime and
+        # torch.set_num_threads() governs fastln too.
+        cxx_flags.append("-fopenmp")
+        link_flags.append("-fopenmp")
     include_dirs = [os.path.join(ROOT, "csrc")]
     cpp_sources = sources("csrc/*.cpp") + sources("csrc/cpu/*.cpp")
     if not want_cuda():
@@ -57,6 +67,7 @@ def make_extension() -> Extension:
         include_dirs=include_dirs,
         define_macros=[("FASTLN_WITH_CUDA", "1")],
         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+        extra_link_args=link_flags,
     )
 
 

@@ -5,23 +5,80 @@
 //
 // Conventions: M rows of N elements, row-major and contiguous; acc_t is the
 // accumulation type (float for float/half/bfloat16, double for double).
-// Loops are written so that the compiler vectorizes them without
-// -ffast-math: element-wise loops are plain, and every reduction keeps
-// kLanes independent partial sums that are combined in a fixed order at the
-// end, which is also what makes the results independent of the thread count.
+// Element-wise loops are plain loops, which the compiler vectorizes for the
+// target. Reductions are written with explicit SIMD vectors (row_sums),
+// because without -ffast-math the compiler may not reorder a floating-point
+// sum, and a naive loop runs at one add per FP-add latency. Every reduction
+// combines its partial sums in a fixed order, so results do not depend on
+// the number of threads.
 
-// 16 partial sums fill two AVX2 registers (or one AVX-512 register) of
-// float, enough independent adds to hide the latency of the FP adder.
-constexpr int64_t kLanes = 16;
-
+// A SIMD vector through the GCC/Clang vector extension, of the target's
+// register width: the including file defines FASTLN_VEC_BYTES (16 for the
+// baseline's SSE2, 32 for AVX2) before each inclusion.
 template <typename acc_t>
-inline acc_t sum_lanes(const acc_t* lanes) {
-  // Pairwise, in a fixed order.
-  acc_t tmp[kLanes];
-  for (int64_t j = 0; j < kLanes; ++j) tmp[j] = lanes[j];
-  for (int64_t width = kLanes / 2; width >= 1; width /= 2)
-    for (int64_t j = 0; j < width; ++j) tmp[j] += tmp[j + width];
-  return tmp[0];
+struct Simd {
+  typedef acc_t vec __attribute__((vector_size(FASTLN_VEC_BYTES)));
+  static constexpr int64_t kWidth = FASTLN_VEC_BYTES / sizeof(acc_t);
+  static vec load(const acc_t* p) {
+    vec v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+  }
+  static acc_t sum(vec v) {
+    acc_t s = v[0];
+    for (int64_t k = 1; k < kWidth; ++k) s += v[k];
+    return s;
+  }
+};
+
+// Independent vector accumulators per reduced quantity: an FP add has a
+// latency of about 4 cycles and two units issue one each per cycle, so one
+// accumulator would run the loop at a quarter of the adder's throughput.
+constexpr int64_t kAccumulators = 4;
+
+// Loads element i of a row as a scalar, or elements [i, i + width) as a
+// vector; row_sums hands one of the two to its term.
+template <typename acc_t>
+struct ScalarAt {
+  int64_t i;
+  acc_t operator()(const acc_t* p) const { return p[i]; }
+};
+template <typename acc_t>
+struct VectorAt {
+  int64_t i;
+  typename Simd<acc_t>::vec operator()(const acc_t* p) const {
+    return Simd<acc_t>::load(p + i);
+  }
+};
+
+// Sums kQ quantities over a row of N elements. term(at) loads its operands
+// with at(pointer) and returns std::array<T, kQ> of the quantities, where T is
+// a vector or a scalar as `at` gives (vector-scalar arithmetic broadcasts the
+// scalar), so one term serves the vector body and the scalar tail.
+template <size_t kQ, typename acc_t, typename Term>
+inline std::array<acc_t, kQ> row_sums(int64_t N, const Term& term) {
+  using S = Simd<acc_t>;
+  using vec = typename S::vec;
+  constexpr int64_t W = S::kWidth;
+  vec acc[kAccumulators][kQ] = {};
+  int64_t i = 0;
+  for (; i + kAccumulators * W <= N; i += kAccumulators * W)
+    for (int64_t u = 0; u < kAccumulators; ++u) {
+      const auto t = term(VectorAt<acc_t>{i + u * W});
+      for (size_t q = 0; q < kQ; ++q) acc[u][q] += t[q];
+    }
+  for (; i + W <= N; i += W) {
+    const auto t = term(VectorAt<acc_t>{i});
+    for (size_t q = 0; q < kQ; ++q) acc[0][q] += t[q];
+  }
+  std::array<acc_t, kQ> out;
+  for (size_t q = 0; q < kQ; ++q)
+    out[q] = S::sum((acc[0][q] + acc[1][q]) + (acc[2][q] + acc[3][q]));
+  for (; i < N; ++i) {
+    const auto t = term(ScalarAt<acc_t>{i});
+    for (size_t q = 0; q < kQ; ++q) out[q] += t[q];
+  }
+  return out;
 }
 
 // Returns x converted to acc_t: the row itself when no conversion is needed,
@@ -34,17 +91,6 @@ inline const acc_t* row_as_acc(const scalar_t* x, int64_t N, acc_t* buf) {
     for (int64_t i = 0; i < N; ++i) buf[i] = static_cast<acc_t>(x[i]);
     return buf;
   }
-}
-
-// Sum of x[i] - shift over a row, in kLanes partial sums.
-template <typename acc_t>
-inline acc_t row_sum_shifted(const acc_t* x, int64_t N, acc_t shift) {
-  acc_t lanes[kLanes] = {};
-  const int64_t body = N - N % kLanes;
-  for (int64_t i = 0; i < body; i += kLanes)
-    for (int64_t j = 0; j < kLanes; ++j) lanes[j] += x[i + j] - shift;
-  for (int64_t i = body; i < N; ++i) lanes[i - body] += x[i] - shift;
-  return sum_lanes(lanes);
 }
 
 // Row mean as shift + delta, and the biased variance.
@@ -67,23 +113,15 @@ struct RowStats {
 template <typename acc_t>
 inline RowStats<acc_t> row_stats(const acc_t* x, int64_t N) {
   const acc_t inv_n = acc_t(1) / static_cast<acc_t>(N);
-  const acc_t shift = row_sum_shifted(x, N, acc_t(0)) * inv_n;
-  acc_t lanes_d[kLanes] = {};
-  acc_t lanes_d2[kLanes] = {};
-  const int64_t body = N - N % kLanes;
-  for (int64_t i = 0; i < body; i += kLanes)
-    for (int64_t j = 0; j < kLanes; ++j) {
-      const acc_t d = x[i + j] - shift;
-      lanes_d[j] += d;
-      lanes_d2[j] += d * d;
-    }
-  for (int64_t i = body; i < N; ++i) {
-    const acc_t d = x[i] - shift;
-    lanes_d[i - body] += d;
-    lanes_d2[i - body] += d * d;
-  }
-  const acc_t delta = sum_lanes(lanes_d) * inv_n;
-  const acc_t var = sum_lanes(lanes_d2) * inv_n - delta * delta;
+  const acc_t shift =
+      row_sums<1, acc_t>(N, [&](auto at) { return std::array{at(x)}; })[0] *
+      inv_n;
+  const auto [sum_d, sum_d2] = row_sums<2, acc_t>(N, [&](auto at) {
+    const auto d = at(x) - shift;
+    return std::array{d, d * d};
+  });
+  const acc_t delta = sum_d * inv_n;
+  const acc_t var = sum_d2 * inv_n - delta * delta;
   return {shift, delta, std::max(var, acc_t(0))};
 }
 
@@ -138,59 +176,73 @@ void forward_rows(const scalar_t* x, const acc_t* w, const acc_t* b,
 // The saved mean is rounded to acc_t, which for |mean| >> std is off by a
 // good fraction of a std (see row_stats); the first pass therefore also sums
 // d = x - mean, whose average `delta` corrects it: xhat = (d - delta) * rstd.
-// This function adds its rows' column sums into dw_acc / db_acc (N acc_t
-// each, nullptr when not wanted) and writes dx (nullptr when not wanted).
+// Writes dx for every row and, when kParamGrads, adds the rows' dy * xhat
+// and dy column sums into dw_acc and db_acc (N acc_t each). The variants are
+// compile-time so that the per-element loop has no branch and vectorizes.
 // `scratch` holds 2 * N acc_t.
+template <bool kHasWeight, bool kParamGrads, typename scalar_t, typename acc_t>
+void backward_rows_impl(const scalar_t* dy, const scalar_t* x,
+                        const acc_t* mean, const acc_t* rstd,
+                        const acc_t* __restrict__ w, scalar_t* __restrict__ dx,
+                        acc_t* __restrict__ dw_acc, acc_t* __restrict__ db_acc,
+                        int64_t N, int64_t row_begin, int64_t row_end,
+                        acc_t* scratch) {
+  const acc_t inv_n = acc_t(1) / static_cast<acc_t>(N);
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const acc_t* __restrict__ xr = row_as_acc(x + r * N, N, scratch);
+    const acc_t* __restrict__ dyr = row_as_acc(dy + r * N, N, scratch + N);
+    const acc_t mu = mean[r];
+    const acc_t rs = rstd[r];
+
+    // Pass 1: sum(d), sum(g) and sum(g * d).
+    const auto [sum_d, sum_g, sum_gd] = row_sums<3, acc_t>(N, [&](auto at) {
+      const auto d = at(xr) - mu;
+      if constexpr (kHasWeight) {
+        const auto g = at(dyr) * at(w);
+        return std::array{d, g, g * d};
+      } else {
+        const auto g = at(dyr);
+        return std::array{d, g, g * d};
+      }
+    });
+    const acc_t delta = sum_d * inv_n;
+    const acc_t mean_g = sum_g * inv_n;
+    // mean(g * xhat) = rstd * (sum(g * d) - delta * sum(g)) / N.
+    const acc_t mean_gx = rs * (sum_gd - delta * sum_g) * inv_n;
+
+    // Pass 2: dx = (g - mean_g) * rs - xhat * (rs * mean_gx), and the
+    // parameter-gradient column sums.
+    const acc_t c = rs * mean_gx;
+    scalar_t* __restrict__ dxr = dx + r * N;
+    for (int64_t i = 0; i < N; ++i) {
+      const acc_t xhat = ((xr[i] - mu) - delta) * rs;
+      const acc_t g = kHasWeight ? dyr[i] * w[i] : dyr[i];
+      dxr[i] = static_cast<scalar_t>((g - mean_g) * rs - xhat * c);
+      if constexpr (kParamGrads) {
+        dw_acc[i] += dyr[i] * xhat;
+        db_acc[i] += dyr[i];
+      }
+    }
+  }
+}
+
+// dw_acc and db_acc are both given (dweight/dbias wanted) or both nullptr.
 template <typename scalar_t, typename acc_t>
 void backward_rows(const scalar_t* dy, const scalar_t* x, const acc_t* mean,
                    const acc_t* rstd, const acc_t* w, scalar_t* dx,
                    acc_t* dw_acc, acc_t* db_acc, int64_t N, int64_t row_begin,
                    int64_t row_end, acc_t* scratch) {
-  const int64_t body = N - N % kLanes;
-  const acc_t inv_n = acc_t(1) / static_cast<acc_t>(N);
-  for (int64_t r = row_begin; r < row_end; ++r) {
-    const acc_t* xr = row_as_acc(x + r * N, N, scratch);
-    const acc_t* dyr = row_as_acc(dy + r * N, N, scratch + N);
-    const acc_t mu = mean[r];
-    const acc_t rs = rstd[r];
-
-    // Pass 1: sum(d), sum(g) and sum(g * d).
-    acc_t lanes_d[kLanes] = {};
-    acc_t lanes_g[kLanes] = {};
-    acc_t lanes_gd[kLanes] = {};
-    for (int64_t i = 0; i < body; i += kLanes)
-      for (int64_t j = 0; j < kLanes; ++j) {
-        const acc_t d = xr[i + j] - mu;
-        const acc_t g = w != nullptr ? dyr[i + j] * w[i + j] : dyr[i + j];
-        lanes_d[j] += d;
-        lanes_g[j] += g;
-        lanes_gd[j] += g * d;
-      }
-    for (int64_t i = body; i < N; ++i) {
-      const acc_t d = xr[i] - mu;
-      const acc_t g = w != nullptr ? dyr[i] * w[i] : dyr[i];
-      lanes_d[i - body] += d;
-      lanes_g[i - body] += g;
-      lanes_gd[i - body] += g * d;
-    }
-    const acc_t delta = sum_lanes(lanes_d) * inv_n;
-    const acc_t sum_g = sum_lanes(lanes_g);
-    const acc_t mean_g = sum_g * inv_n;
-    // mean(g * xhat) = rstd * (sum(g * d) - delta * sum(g)) / N.
-    const acc_t mean_gx = rs * (sum_lanes(lanes_gd) - delta * sum_g) * inv_n;
-
-    // Pass 2: dx = (g - mean_g) * rs - xhat * (rs * mean_gx), and the
-    // parameter-gradient column sums.
-    const acc_t c = rs * mean_gx;
-    scalar_t* dxr = dx != nullptr ? dx + r * N : nullptr;
-    for (int64_t i = 0; i < N; ++i) {
-      const acc_t xhat = ((xr[i] - mu) - delta) * rs;
-      if (dw_acc != nullptr) dw_acc[i] += dyr[i] * xhat;
-      if (db_acc != nullptr) db_acc[i] += dyr[i];
-      if (dxr != nullptr) {
-        const acc_t g = w != nullptr ? dyr[i] * w[i] : dyr[i];
-        dxr[i] = static_cast<scalar_t>((g - mean_g) * rs - xhat * c);
-      }
-    }
-  }
+  const bool param_grads = dw_acc != nullptr;
+  if (w != nullptr && param_grads)
+    backward_rows_impl<true, true>(dy, x, mean, rstd, w, dx, dw_acc, db_acc, N,
+                                   row_begin, row_end, scratch);
+  else if (w != nullptr)
+    backward_rows_impl<true, false>(dy, x, mean, rstd, w, dx, dw_acc, db_acc, N,
+                                    row_begin, row_end, scratch);
+  else if (param_grads)
+    backward_rows_impl<false, true>(dy, x, mean, rstd, w, dx, dw_acc, db_acc, N,
+                                    row_begin, row_end, scratch);
+  else
+    backward_rows_impl<false, false>(dy, x, mean, rstd, w, dx, dw_acc, db_acc,
+                                     N, row_begin, row_end, scratch);
 }

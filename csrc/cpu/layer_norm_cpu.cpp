@@ -10,9 +10,11 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <tuple>
@@ -28,7 +30,9 @@ namespace cpu {
 // AVX2 + FMA + F16C and chosen at run time when the processor has them, the
 // way ATen compiles its own CPU kernels per capability.
 namespace isa_base {
+#define FASTLN_VEC_BYTES 16
 #include "kernels.h"
+#undef FASTLN_VEC_BYTES
 }  // namespace isa_base
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -41,7 +45,9 @@ namespace isa_base {
 #pragma GCC target("avx2,fma,f16c")
 #endif
 namespace isa_avx2 {
+#define FASTLN_VEC_BYTES 32
 #include "kernels.h"
+#undef FASTLN_VEC_BYTES
 }  // namespace isa_avx2
 #if defined(__clang__)
 #pragma clang attribute pop
@@ -119,16 +125,17 @@ const T* data_or_null(const at::Tensor& t) {
 // rows' contributions into its own acc_t partial, and the partials are then
 // added in block order. The plan depends only on M and N, never on the
 // number of threads, so dweight/dbias are bitwise reproducible. Limits: at
-// least 4 rows per block (so a partial costs at most a quarter of the
-// block's own work), at most 64 blocks (enough to feed every core of a big
-// machine), and at most 2^22 partial elements (16 MiB of float).
+// least 16 rows per block (zeroing, updating and reducing a partial then
+// costs a small fraction of the block's own traffic of 3 * 16 rows), at most
+// 64 blocks (enough to feed every core of a big machine), and at most 2^22
+// partial elements (16 MiB of float).
 struct BlockPlan {
   int64_t num_blocks;
   int64_t rows_per_block;
 };
 
 BlockPlan plan_blocks(int64_t M, int64_t N) {
-  constexpr int64_t kMinRows = 4, kMaxBlocks = 64, kMaxPartial = 1 << 22;
+  constexpr int64_t kMinRows = 16, kMaxBlocks = 64, kMaxPartial = 1 << 22;
   const int64_t by_rows = (M + kMinRows - 1) / kMinRows;
   const int64_t by_memory = std::max<int64_t>(1, kMaxPartial / (2 * N));
   const int64_t num_blocks =
@@ -192,8 +199,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd_cpu(
   const bool want_dx = output_mask[0];
   const bool want_dw = output_mask[1] && w_in.defined();
   const bool want_db = output_mask[2] && b_in.defined();
-  at::Tensor dx =
-      want_dx ? at::empty(input.sizes(), input.options()) : at::Tensor();
   at::Tensor dw =
       want_dw ? at::empty(w_in.sizes(), w_in.options()) : at::Tensor();
   at::Tensor db =
@@ -202,10 +207,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd_cpu(
     // No rows: the column sums are empty sums. No columns: nothing to do.
     if (want_dw) dw.zero_();
     if (want_db) db.zero_();
-    return {dx, dw, db};
+    return {want_dx ? at::empty(input.sizes(), input.options()) : at::Tensor(),
+            dw, db};
   }
-  if (!want_dx && !want_dw && !want_db) return {dx, dw, db};
+  if (!want_dx && !want_dw && !want_db) return {at::Tensor(), dw, db};
 
+  // dx is computed even when not wanted (rare: an input that needs no
+  // gradient), and both column sums whenever one is: the row kernel then has
+  // no per-element branch.
+  at::Tensor dx = at::empty(input.sizes(), input.options());
+  const bool param_grads = want_dw || want_db;
   const at::ScalarType acc = stats_dtype(input.scalar_type());
   const at::Tensor x = input.contiguous();
   const at::Tensor dy = grad_out.contiguous();
@@ -222,11 +233,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd_cpu(
         const acc_t* mean_ptr = mean_c.const_data_ptr<acc_t>();
         const acc_t* rstd_ptr = rstd_c.const_data_ptr<acc_t>();
         const acc_t* w_ptr = data_or_null<acc_t>(w);
-        scalar_t* dx_ptr = want_dx ? dx.mutable_data_ptr<scalar_t>() : nullptr;
+        scalar_t* dx_ptr = dx.mutable_data_ptr<scalar_t>();
         const int64_t scratch_size =
             std::is_same_v<scalar_t, acc_t> ? 0 : 2 * N;
 
-        if (!want_dw && !want_db) {
+        if (!param_grads) {
           at::parallel_for(0, M, row_grain(N), [&](int64_t begin, int64_t end) {
             std::vector<acc_t> scratch(scratch_size);
             backward_rows(dy_ptr, x_ptr, mean_ptr, rstd_ptr, w_ptr, dx_ptr,
@@ -238,9 +249,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd_cpu(
         }
 
         const BlockPlan plan = plan_blocks(M, N);
-        // partial[block][0] sums dy * xhat, partial[block][1] sums dy.
+        // partial[block][0] sums dy * xhat, partial[block][1] sums dy. Each
+        // task zeroes its own partials, so they start in its core's cache.
         at::Tensor partial =
-            at::zeros({plan.num_blocks, 2, N}, x.options().dtype(acc));
+            at::empty({plan.num_blocks, 2, N}, x.options().dtype(acc));
         acc_t* partial_ptr = partial.mutable_data_ptr<acc_t>();
         at::parallel_for(0, plan.num_blocks, 1, [&](int64_t b0, int64_t b1) {
           std::vector<acc_t> scratch(scratch_size);
@@ -248,29 +260,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd_cpu(
             const int64_t begin = blk * plan.rows_per_block;
             const int64_t end = std::min(M, begin + plan.rows_per_block);
             acc_t* dw_acc = partial_ptr + blk * 2 * N;
+            std::fill_n(dw_acc, 2 * N, acc_t(0));
             backward_rows(dy_ptr, x_ptr, mean_ptr, rstd_ptr, w_ptr, dx_ptr,
-                          want_dw ? dw_acc : nullptr,
-                          want_db ? dw_acc + N : nullptr, N, begin, end,
-                          scratch.data());
+                          dw_acc, dw_acc + N, N, begin, end, scratch.data());
           }
         });
 
         // Column sums of the partials, always in block order.
         at::Tensor sums = at::empty({2, N}, x.options().dtype(acc));
         acc_t* sums_ptr = sums.mutable_data_ptr<acc_t>();
-        at::parallel_for(0, N, 1024, [&](int64_t c0, int64_t c1) {
-          for (int64_t k = 0; k < 2; ++k)
-            for (int64_t c = c0; c < c1; ++c) {
-              acc_t total = 0;
-              for (int64_t blk = 0; blk < plan.num_blocks; ++blk)
-                total += partial_ptr[(blk * 2 + k) * N + c];
-              sums_ptr[k * N + c] = total;
-            }
+        at::parallel_for(0, 2 * N, 1024, [&](int64_t c0, int64_t c1) {
+          for (int64_t c = c0; c < c1; ++c) sums_ptr[c] = partial_ptr[c];
+          for (int64_t blk = 1; blk < plan.num_blocks; ++blk) {
+            const acc_t* row = partial_ptr + blk * 2 * N;
+            for (int64_t c = c0; c < c1; ++c) sums_ptr[c] += row[c];
+          }
         });
         if (want_dw) dw.copy_(sums[0].view(dw.sizes()));
         if (want_db) db.copy_(sums[1].view(db.sizes()));
       });
-  return {dx, dw, db};
+  return {want_dx ? dx : at::Tensor(), dw, db};
 }
 
 TORCH_LIBRARY_IMPL(fastln, CPU, m) {
