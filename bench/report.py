@@ -21,6 +21,8 @@ import torch
 
 import fastln
 
+from .sweeps import ODD_N
+
 Row = dict[str, Any]
 
 CPU_MEMORY_NOTE = (
@@ -265,6 +267,22 @@ def write_json(path: Path, rows: list[Row], meta: dict[str, Any], notes: list[st
     path.write_text(json.dumps(payload, indent=1) + "\n")
 
 
+Points = list[tuple[int, float]]
+
+
+def _largest_m_series(rows: list[Row], impl: str, key: str) -> tuple[Points, Points]:
+    """(N, row[key]) of impl at the largest M of each N, split into the model
+    sizes (joined by a line) and the odd sizes (1000, 1025, 2041), drawn apart
+    because their largest M differs from their neighbours'."""
+    largest_m: dict[int, int] = {}
+    for r in rows:
+        largest_m[r["N"]] = max(largest_m.get(r["N"], 0), r["M"])
+    pts = sorted(
+        (r["N"], r[key]) for r in rows if r["impl"] == impl and r["M"] == largest_m[r["N"]]
+    )
+    return [p for p in pts if p[0] not in ODD_N], [p for p in pts if p[0] in ODD_N]
+
+
 def plot(out_dir: Path, stem: str, rows: list[Row], meta: dict[str, Any]) -> list[Path]:
     """One PNG per (mode, dtype): bandwidth vs N at the largest M of each N with
     the copy ceiling, and fastln's speedup over each baseline at every shape."""
@@ -279,32 +297,24 @@ def plot(out_dir: Path, stem: str, rows: list[Row], meta: dict[str, Any]) -> lis
         ok = [r for r in group if r["status"] == "ok"]
         if not ok:
             continue
-        largest_m: dict[int, int] = {}
-        for r in ok:
-            largest_m[r["N"]] = max(largest_m.get(r["N"], 0), r["M"])
         fig, (ax_bw, ax_sp) = plt.subplots(1, 2, figsize=(13, 4.8))
-        impls = ["fastln", *baselines(ok)]
-        for name in impls:
-            pts = sorted(
-                (r["N"], r["gbps"]) for r in ok if r["impl"] == name and r["M"] == largest_m[r["N"]]
-            )
-            if pts:
-                ax_bw.plot(
-                    *zip(*pts), marker="o", ms=3, label=name, lw=2 if name == "fastln" else 1
-                )
-        ceiling = sorted(
-            {
-                (r["N"], r["copy_gbps"])
-                for r in ok
-                if r["impl"] == "fastln" and r["M"] == largest_m[r["N"]]
-            }
-        )
-        if ceiling:
-            ax_bw.plot(*zip(*ceiling), "k--", lw=1, label="copy (same bytes)")
+
+        for name in ["fastln", *baselines(ok)]:
+            line, odd = _largest_m_series(ok, name, "gbps")
+            width = 2 if name == "fastln" else 1
+            drawn = ax_bw.plot(*zip(*line), marker="o", ms=3, label=name, lw=width) if line else []
+            if odd:
+                color = drawn[0].get_color() if drawn else None
+                ax_bw.plot(*zip(*odd), "D", ms=4, color=color, label=None if line else name)
+        line, odd = _largest_m_series(ok, "fastln", "copy_gbps")
+        if line:
+            ax_bw.plot(*zip(*line), "k--", lw=1, label="copy (same bytes)")
+        if odd:
+            ax_bw.plot(*zip(*odd), "kx", ms=5)
         ax_bw.set(
             xlabel="N (hidden size)",
             ylabel="GB/s (bench/bytemodel.py)",
-            title=f"{mode} {dtype}: largest M per N",
+            title=f"{mode} {dtype}: largest M per N (diamonds: odd N)",
         )
         ax_bw.set_ylim(bottom=0)
         ax_bw.legend(fontsize=8)
@@ -334,7 +344,7 @@ def plot(out_dir: Path, stem: str, rows: list[Row], meta: dict[str, Any]) -> lis
         )
         ax_sp.legend(fontsize=8)
         ax_sp.grid(alpha=0.3, which="both")
-        n_ticks = sorted({r["N"] for r in ok})
+        n_ticks = sorted({r["N"] for r in ok if r["N"] not in ODD_N} or {r["N"] for r in ok})
         for ax in (ax_bw, ax_sp):
             ax.set_xscale("log", base=2)
             ax.set_xticks(n_ticks, [str(n) for n in n_ticks], rotation=90, fontsize=7)
