@@ -110,15 +110,40 @@ int64_t row_grain(int64_t N) {
   return std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(N, 1));
 }
 
-// Parameters as contiguous acc_t arrays (a no-op for float weights of float
-// or half/bfloat16 input; a small N-element cast otherwise).
-at::Tensor param_as_acc(const at::Tensor& p, at::ScalarType acc) {
-  return p.defined() ? p.to(acc).contiguous() : p;
-}
+// A parameter (weight or bias, contiguous, of dtype acc_t or scalar_t) as an
+// acc_t array: its own data when it already is acc_t, else a converted copy.
+// A plain loop rather than Tensor::to(): for small inputs the tensor op's
+// fixed cost would exceed the whole kernel's. get() is nullptr when absent.
+template <typename scalar_t, typename acc_t>
+class ParamAsAcc {
+ public:
+  explicit ParamAsAcc(const at::Tensor& p) {
+    if (!p.defined()) return;
+    if (p.scalar_type() == c10::CppTypeToScalarType<acc_t>::value) {
+      ptr_ = p.const_data_ptr<acc_t>();
+      return;
+    }
+    const scalar_t* src = p.const_data_ptr<scalar_t>();
+    copy_.resize(p.numel());
+    for (int64_t i = 0; i < p.numel(); ++i)
+      copy_[i] = static_cast<acc_t>(src[i]);
+    ptr_ = copy_.data();
+  }
+  const acc_t* get() const { return ptr_; }
 
-template <typename T>
-const T* data_or_null(const at::Tensor& t) {
-  return t.defined() ? t.const_data_ptr<T>() : nullptr;
+ private:
+  std::vector<acc_t> copy_;
+  const acc_t* ptr_ = nullptr;
+};
+
+// Calls fn with the data pointer of a parameter gradient, typed by its dtype
+// (acc_t or scalar_t, the dtypes a parameter may have).
+template <typename scalar_t, typename acc_t, typename Fn>
+void with_param_ptr(at::Tensor& t, const Fn& fn) {
+  if (t.scalar_type() == c10::CppTypeToScalarType<acc_t>::value)
+    fn(t.mutable_data_ptr<acc_t>());
+  else
+    fn(t.mutable_data_ptr<scalar_t>());
 }
 
 // Row blocks of the backward's dweight/dbias reduction. Each block sums its
@@ -164,16 +189,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_fwd_cpu(
     rstd.fill_(std::numeric_limits<double>::quiet_NaN());
     return {out, mean, rstd};
   }
-  const at::Tensor w = param_as_acc(contiguous_or_undefined(weight), acc);
-  const at::Tensor b = param_as_acc(contiguous_or_undefined(bias), acc);
+  const at::Tensor w = contiguous_or_undefined(weight);
+  const at::Tensor b = contiguous_or_undefined(bias);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, x.scalar_type(), "fastln_layer_norm_fwd_cpu",
       [&] {
         using acc_t = at::opmath_type<scalar_t>;
         const scalar_t* x_ptr = x.const_data_ptr<scalar_t>();
-        const acc_t* w_ptr = data_or_null<acc_t>(w);
-        const acc_t* b_ptr = data_or_null<acc_t>(b);
+        const ParamAsAcc<scalar_t, acc_t> w_acc(w), b_acc(b);
+        const acc_t* w_ptr = w_acc.get();
+        const acc_t* b_ptr = b_acc.get();
         scalar_t* y_ptr = out.mutable_data_ptr<scalar_t>();
         acc_t* mean_ptr = mean.mutable_data_ptr<acc_t>();
         acc_t* rstd_ptr = rstd.mutable_data_ptr<acc_t>();
@@ -222,7 +248,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd_cpu(
   const at::Tensor dy = grad_out.contiguous();
   const at::Tensor mean_c = mean.contiguous();
   const at::Tensor rstd_c = rstd.contiguous();
-  const at::Tensor w = param_as_acc(w_in, acc);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, x.scalar_type(), "fastln_layer_norm_bwd_cpu",
@@ -232,7 +257,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd_cpu(
         const scalar_t* dy_ptr = dy.const_data_ptr<scalar_t>();
         const acc_t* mean_ptr = mean_c.const_data_ptr<acc_t>();
         const acc_t* rstd_ptr = rstd_c.const_data_ptr<acc_t>();
-        const acc_t* w_ptr = data_or_null<acc_t>(w);
+        const ParamAsAcc<scalar_t, acc_t> w_acc(w_in);
+        const acc_t* w_ptr = w_acc.get();
         scalar_t* dx_ptr = dx.mutable_data_ptr<scalar_t>();
         const int64_t scratch_size =
             std::is_same_v<scalar_t, acc_t> ? 0 : 2 * N;
@@ -266,18 +292,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd_cpu(
           }
         });
 
-        // Column sums of the partials, always in block order.
-        at::Tensor sums = at::empty({2, N}, x.options().dtype(acc));
-        acc_t* sums_ptr = sums.mutable_data_ptr<acc_t>();
-        at::parallel_for(0, 2 * N, 1024, [&](int64_t c0, int64_t c1) {
-          for (int64_t c = c0; c < c1; ++c) sums_ptr[c] = partial_ptr[c];
-          for (int64_t blk = 1; blk < plan.num_blocks; ++blk) {
-            const acc_t* row = partial_ptr + blk * 2 * N;
-            for (int64_t c = c0; c < c1; ++c) sums_ptr[c] += row[c];
-          }
-        });
-        if (want_dw) dw.copy_(sums[0].view(dw.sizes()));
-        if (want_db) db.copy_(sums[1].view(db.sizes()));
+        // Column sums of the partials, always in block order, written
+        // straight into dweight / dbias in their own dtype.
+        // Columns go in tiles of kTile so that the running sums stay in
+        // registers/L1 while the partials stream past in block order.
+        auto column_sums = [&](int64_t k, auto* out) {
+          using out_t = std::remove_pointer_t<decltype(out)>;
+          constexpr int64_t kTile = 256;
+          at::parallel_for(0, N, 4 * kTile, [&](int64_t c0, int64_t c1) {
+            acc_t tile[kTile];
+            for (int64_t t0 = c0; t0 < c1; t0 += kTile) {
+              const int64_t n = std::min(kTile, c1 - t0);
+              const acc_t* first = partial_ptr + k * N + t0;
+              for (int64_t j = 0; j < n; ++j) tile[j] = first[j];
+              for (int64_t blk = 1; blk < plan.num_blocks; ++blk) {
+                const acc_t* part = partial_ptr + (blk * 2 + k) * N + t0;
+                for (int64_t j = 0; j < n; ++j) tile[j] += part[j];
+              }
+              for (int64_t j = 0; j < n; ++j)
+                out[t0 + j] = static_cast<out_t>(tile[j]);
+            }
+          });
+        };
+        if (want_dw)
+          with_param_ptr<scalar_t, acc_t>(
+              dw, [&](auto* out) { column_sums(0, out); });
+        if (want_db)
+          with_param_ptr<scalar_t, acc_t>(
+              db, [&](auto* out) { column_sums(1, out); });
       });
   return {want_dx ? dx : at::Tensor(), dw, db};
 }

@@ -1,0 +1,115 @@
+// CUDA backend of the fastln ops: the entry points registered with
+// TORCH_LIBRARY_IMPL(fastln, CUDA). They run the shared checks of ops.cpp,
+// allocate the outputs (from the caching allocator, stream-ordered, so the
+// ops are safe under CUDA graph capture), handle the empty cases exactly as
+// the CPU backend does, and call the launchers of layer_norm_fwd.cu and
+// layer_norm_bwd.cu on the current stream of the input's device.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <array>
+#include <limits>
+#include <optional>
+#include <tuple>
+
+#include "../layer_norm.h"
+#include "layer_norm_cuda.h"
+
+namespace fastln {
+namespace cuda {
+namespace {
+
+// dtype shared by weight and bias (the checks guarantee they agree), or the
+// input's dtype when both are absent.
+at::ScalarType param_dtype(const at::Tensor& input, const at::Tensor& w,
+                           const at::Tensor& b) {
+  if (w.defined()) return w.scalar_type();
+  if (b.defined()) return b.scalar_type();
+  return input.scalar_type();
+}
+
+void check_cuda_input(const at::Tensor& input) {
+  // The dispatcher picks this kernel when any argument is a CUDA tensor; the
+  // shared checks already require every other tensor on the input's device.
+  TORCH_CHECK(input.is_cuda(),
+              "fastln layer_norm: expected all tensors on one device, but "
+              "got input on ",
+              input.device(), " with other tensors on a CUDA device");
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_fwd_cuda(
+    const at::Tensor& input, at::IntArrayRef normalized_shape,
+    const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, double eps) {
+  const RowShape rows =
+      check_forward_inputs(input, normalized_shape, weight, bias);
+  check_cuda_input(input);
+  const int64_t M = rows.M;
+  const int64_t N = rows.N;
+  const c10::cuda::CUDAGuard guard(input.device());
+  const at::Tensor x = input.contiguous();
+  const at::ScalarType acc = stats_dtype(input.scalar_type());
+  at::Tensor out = at::empty(input.sizes(), x.options());
+  const auto stat_sizes = stats_shape(input, normalized_shape);
+  at::Tensor mean = at::empty(stat_sizes, x.options().dtype(acc));
+  at::Tensor rstd = at::empty(stat_sizes, x.options().dtype(acc));
+  if (M == 0) return {out, mean, rstd};
+  if (N == 0) {
+    // torch's convention for empty rows: mean 0, rstd 1/sqrt(0/0) = NaN.
+    mean.zero_();
+    rstd.fill_(std::numeric_limits<double>::quiet_NaN());
+    return {out, mean, rstd};
+  }
+  const at::Tensor w = contiguous_or_undefined(weight);
+  const at::Tensor b = contiguous_or_undefined(bias);
+  launch_layer_norm_fwd(x, w, b, param_dtype(input, w, b), eps, M, N, out, mean,
+                        rstd);
+  return {out, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd_cuda(
+    const at::Tensor& grad_out, const at::Tensor& input,
+    at::IntArrayRef normalized_shape, const at::Tensor& mean,
+    const at::Tensor& rstd, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, std::array<bool, 3> output_mask) {
+  const RowShape rows = check_backward_inputs(grad_out, input, normalized_shape,
+                                              mean, rstd, weight, bias);
+  check_cuda_input(input);
+  const int64_t M = rows.M;
+  const int64_t N = rows.N;
+  const c10::cuda::CUDAGuard guard(input.device());
+  const at::Tensor w_in = contiguous_or_undefined(weight);
+  const at::Tensor b_in = contiguous_or_undefined(bias);
+  const bool want_dx = output_mask[0];
+  const bool want_dw = output_mask[1] && w_in.defined();
+  const bool want_db = output_mask[2] && b_in.defined();
+  at::Tensor dx =
+      want_dx ? at::empty(input.sizes(), input.options()) : at::Tensor();
+  at::Tensor dw =
+      want_dw ? at::empty(w_in.sizes(), w_in.options()) : at::Tensor();
+  at::Tensor db =
+      want_db ? at::empty(b_in.sizes(), b_in.options()) : at::Tensor();
+  if (M == 0 || N == 0) {
+    // No rows: the column sums are empty sums. No columns: nothing to do.
+    if (want_dw) dw.zero_();
+    if (want_db) db.zero_();
+    return {dx, dw, db};
+  }
+  if (!want_dx && !want_dw && !want_db) return {dx, dw, db};
+  const at::Tensor x = input.contiguous();
+  const at::Tensor dy = grad_out.contiguous();
+  launch_layer_norm_bwd(dy, x, mean.contiguous(), rstd.contiguous(), w_in,
+                        param_dtype(input, w_in, b_in), M, N, dx, dw, db);
+  return {dx, dw, db};
+}
+
+TORCH_LIBRARY_IMPL(fastln, CUDA, m) {
+  m.impl("layer_norm_fwd", &layer_norm_fwd_cuda);
+  m.impl("layer_norm_bwd", &layer_norm_bwd_cuda);
+}
+
+}  // namespace cuda
+}  // namespace fastln

@@ -1,0 +1,35 @@
+// Host launchers of the fastln CUDA kernels, called by the op entry points of
+// layer_norm_cuda.cu after the shared checks and the allocation of outputs.
+// Each launcher lives in its own translation unit (layer_norm_fwd.cu,
+// layer_norm_bwd.cu), so that the two kernel families compile in parallel.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+namespace fastln {
+namespace cuda {
+
+// Forward over M > 0 rows of N > 0 elements. x is contiguous; w and b are
+// contiguous or undefined and share `param_dtype` (x's dtype, or float for
+// half/bfloat16 x). Writes y (x's dtype and shape) and mean/rstd (M values
+// of the accumulation dtype). Runs on the current stream of x's device.
+void launch_layer_norm_fwd(const at::Tensor& x, const at::Tensor& w,
+                           const at::Tensor& b, at::ScalarType param_dtype,
+                           double eps, int64_t M, int64_t N,
+                           const at::Tensor& y, const at::Tensor& mean,
+                           const at::Tensor& rstd);
+
+// Backward over M > 0 rows of N > 0 elements. dy, x, mean, rstd are
+// contiguous; w is contiguous or undefined. dx, dw, db are the outputs to
+// write, each undefined when not wanted (at least one is defined); dw/db
+// have `param_dtype`.
+void launch_layer_norm_bwd(const at::Tensor& dy, const at::Tensor& x,
+                           const at::Tensor& mean, const at::Tensor& rstd,
+                           const at::Tensor& w, at::ScalarType param_dtype,
+                           int64_t M, int64_t N, const at::Tensor& dx,
+                           const at::Tensor& dw, const at::Tensor& db);
+
+}  // namespace cuda
+}  // namespace fastln
