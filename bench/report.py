@@ -50,14 +50,24 @@ def cpu_model() -> str:
 
 
 def git_commit() -> str:
-    """HEAD of the checkout holding this harness, '-dirty' if tracked files changed."""
+    """HEAD of the checkout holding this harness, '-dirty' if tracked files
+    other than bench/results changed."""
     cwd = Path(__file__).resolve().parent
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
         ).stdout.strip()
         status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            # Results written by earlier runs do not make the code dirty.
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ":/",
+                ":(top,exclude)bench/results",
+            ],
             cwd=cwd,
             capture_output=True,
             text=True,
