@@ -1,12 +1,11 @@
 """fastln: a drop-in torch.nn.LayerNorm with hand-written CUDA and C++ kernels."""
 
 from ._ops import cpu_isa, cuda_built
-from .functional import LayerNormFunction, layer_norm
+from .functional import layer_norm
 from .modules import LayerNorm, replace_layernorm
 
 __all__ = [
     "LayerNorm",
-    "LayerNormFunction",
     "cpu_isa",
     "cuda_built",
     "layer_norm",

@@ -1,8 +1,9 @@
 """Loads the native ops and registers what torch needs to trace them.
 
-The ops are declared in C++ (csrc/ops.cpp) as ``torch.ops.fastln.layer_norm_fwd``
-and ``torch.ops.fastln.layer_norm_bwd``; each backend registers its kernels from
-its own file. This module adds their fake (meta) implementations, which give
+The ops are declared in C++ (csrc/ops.cpp): ``torch.ops.fastln.layer_norm``
+(what fastln.layer_norm calls; its autograd is in csrc/autograd.cpp) and its two
+kernels ``layer_norm_fwd`` and ``layer_norm_bwd``, which each backend registers
+from its own file. This module adds their fake (meta) implementations, which give
 torch.compile and FakeTensor output shapes and dtypes without running a kernel.
 """
 
@@ -107,6 +108,18 @@ def _layer_norm_fwd_fake(
         input.new_empty(stats, dtype=acc),
         input.new_empty(stats, dtype=acc),
     )
+
+
+@torch.library.register_fake("fastln::layer_norm")
+def _layer_norm_fake(
+    input: torch.Tensor,
+    normalized_shape: Sequence[int],
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    check_forward_inputs(input, normalized_shape, weight, bias)
+    return input.new_empty(input.shape)
 
 
 @torch.library.register_fake("fastln::layer_norm_bwd")

@@ -299,7 +299,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd_cpu(
         auto column_sums = [&](int64_t k, auto* out) {
           using out_t = std::remove_pointer_t<decltype(out)>;
           constexpr int64_t kTile = 256;
-          at::parallel_for(0, N, 4 * kTile, [&](int64_t c0, int64_t c1) {
+          // A task takes whole tiles and, like a row task, about 32K partial
+          // elements: with few blocks (small M) the sums then stay on one
+          // thread instead of paying to wake the others.
+          const int64_t grain =
+              std::max<int64_t>(4 * kTile, row_grain(plan.num_blocks));
+          at::parallel_for(0, N, grain, [&](int64_t c0, int64_t c1) {
             acc_t tile[kTile];
             for (int64_t t0 = c0; t0 < c1; t0 += kTile) {
               const int64_t n = std::min(kTile, c1 - t0);
