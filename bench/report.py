@@ -221,17 +221,13 @@ def print_summary(rows: list[Row], slower_threshold: float = 1.0) -> None:
     for (mode, dtype), group in groups(rows).items():
         parts = []
         for name in names:
-            sp = [
-                (r["fastln_speedup"], r) for r in group if r["impl"] == name and r["status"] == "ok"
-            ]
-            if not sp:
+            stats = speedup_stats(group, name)
+            if stats is None:
                 continue
-            worst = min(sp, key=lambda t: t[0])
-            slower = sum(1 for s, _ in sp if s < slower_threshold)
+            gm, worst, slower, total = stats
             parts.append(
-                f"{name} {geomean(s for s, _ in sp):.2f}x "
-                f"(min {worst[0]:.2f}x at {worst[1]['M']}x{worst[1]['N']}, "
-                f"slower {slower}/{len(sp)})"
+                f"{name} {gm:.2f}x (min {worst['fastln_speedup']:.2f}x at "
+                f"{worst['M']}x{worst['N']}, slower {slower}/{total})"
             )
         fails = sum(1 for r in group if r["impl"] == "fastln" and r["status"] != "ok")
         print(
@@ -375,6 +371,45 @@ def plot(out_dir: Path, stem: str, rows: list[Row], meta: dict[str, Any]) -> lis
     return written
 
 
+def speedup_stats(group: list[Row], baseline: str) -> tuple[float, Row, int, int] | None:
+    """(geomean, row of the smallest speedup, shapes where slower, shapes) of
+    fastln over one baseline in one (mode, dtype) group; None if it never ran."""
+    rows = [r for r in group if r["impl"] == baseline and r["status"] == "ok"]
+    if not rows:
+        return None
+    worst = min(rows, key=lambda r: r["fastln_speedup"])
+    slower = sum(1 for r in rows if r["fastln_speedup"] < 1.0)
+    return geomean(r["fastln_speedup"] for r in rows), worst, slower, len(rows)
+
+
+def print_markdown(rows: list[Row], meta: dict[str, Any]) -> None:
+    """The summary as a Markdown table (what the README shows)."""
+    names = baselines(rows)
+    print(
+        f"{meta['device_name']}, {meta['threads']} threads, torch {meta['torch']}, "
+        f"CUDA {meta['cuda']}, fastln commit `{str(meta['commit'])[:7]}`, "
+        f"level `{meta['level']}`, {len({(r['M'], r['N']) for r in rows})} shapes\n"
+    )
+    header = "| mode | dtype |"
+    for name in names:
+        header += f" vs {name}: geomean | min (M x N) | slower |"
+    print(header)
+    print("|" + " --- |" * (2 + 3 * len(names)))
+    for (mode, dtype), group in groups(rows).items():
+        line = f"| {mode} | {dtype} |"
+        for name in names:
+            stats = speedup_stats(group, name)
+            if stats is None:
+                line += " n/a | | |"
+                continue
+            gm, worst, slower, total = stats
+            line += (
+                f" {gm:.2f}x | {worst['fastln_speedup']:.2f}x ({worst['M']} x {worst['N']}) "
+                f"| {slower}/{total} |"
+            )
+        print(line)
+
+
 def print_pivot(rows: list[Row], baseline: str = "eager") -> None:
     """fastln's speedup over one baseline, one line per (mode, dtype, N), each
     entry 'M:speedup' ('!' where fastln is slower, FAIL where it failed)."""
@@ -399,11 +434,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("json", type=Path)
     p.add_argument("--baseline", default="eager", help="baseline of the per-N table")
     p.add_argument("--plots", action="store_true", help="redraw the PNGs next to the JSON")
+    p.add_argument("--markdown", action="store_true", help="only the summary, as Markdown")
     args = p.parse_args(argv)
     run = json.loads(args.json.read_text())
     rows = [{k: (float("nan") if v is None and k.endswith("err") else v) for k, v in r.items()}
             for r in run["rows"]]  # fmt: skip
     meta = run["meta"]
+    if args.markdown:
+        print_markdown(rows, meta)
+        return 0
     print(f"{meta['device_name']} | torch {meta['torch']} | commit {meta['commit']} | "
           f"level {meta['level']} | {meta['threads']} threads")  # fmt: skip
     for note in run.get("notes", []):

@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _compiler() -> str | None:
+def compiler() -> str | None:
     for name in ("c++", "g++", "clang++"):
         path = shutil.which(name)
         if path:
@@ -20,23 +20,17 @@ def _compiler() -> str | None:
     return None
 
 
-@pytest.mark.skipif(_compiler() is None, reason="needs a C++ compiler")
-def test_cuda_plan_invariants(tmp_path):
-    exe = tmp_path / "cuda_plan_check"
-    subprocess.run(
-        [
-            _compiler(),
-            "-std=c++17",
-            "-O1",
-            "-Wall",
-            "-Werror",
-            f"-I{ROOT / 'csrc'}",
-            str(ROOT / "tests" / "cuda_plan_check.cpp"),
-            "-o",
-            str(exe),
-        ],
-        check=True,
-    )
+def run_check(tmp_path: Path, source: Path, opt: str = "-O1") -> None:
+    """Compiles a self-checking C++ file against csrc/ and runs it: it must exit
+    0 and print "ok" last."""
+    exe = tmp_path / source.stem
+    cmd = [compiler(), "-std=c++17", opt, "-Wall", "-Werror", f"-I{ROOT / 'csrc'}"]
+    subprocess.run([*cmd, str(source), "-o", str(exe)], check=True)
     result = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().endswith("ok")
+
+
+@pytest.mark.skipif(compiler() is None, reason="needs a C++ compiler")
+def test_cuda_plan_invariants(tmp_path):
+    run_check(tmp_path, ROOT / "tests" / "cuda_plan_check.cpp")

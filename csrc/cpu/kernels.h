@@ -36,18 +36,78 @@ struct Simd {
 // accumulator would run the loop at a quarter of the adder's throughput.
 constexpr int64_t kAccumulators = 4;
 
-// Element conversions between the storage type and acc_t. bfloat16 goes by
-// bit manipulation on its uint16 storage (round to nearest even, NaN kept
-// NaN): the same result as c10's conversion, but branch-free, so the loops
-// around it vectorize. Other types use their own conversions.
+// Element conversions between the storage type and acc_t. bfloat16 and half
+// go by bit manipulation on their uint16 storage (round to nearest even, NaN
+// kept NaN, half subnormals exact): the same results as c10's conversions,
+// but branch-free, so the loops around them vectorize. c10's half conversion
+// is a scalar routine with branches; calling it made half rows ten times
+// slower than float rows. Other types use their own conversions.
+inline float float_from_bits(uint32_t bits) {
+  float v;
+  std::memcpy(&v, &bits, sizeof(v));
+  return v;
+}
+
+inline uint32_t bits_from_float(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  return bits;
+}
+
+// c ? a : b as mask arithmetic: GCC turns a chain of ?: into branches, which
+// keep the loop around it from vectorizing.
+inline uint32_t select_bits(bool c, uint32_t a, uint32_t b) {
+  const uint32_t mask = 0u - static_cast<uint32_t>(c);
+  return (a & mask) | (b & ~mask);
+}
+
+// IEEE half -> float. Exponent and mantissa move to float position and the
+// exponent is rebiased (127 - 15); Inf/NaN get the maximal exponent, and
+// subnormals/zero are renormalized exactly by a float subtraction of the
+// implicit bit (2^-14), which involves no float subnormal (no FTZ/DAZ issue).
+inline float half_bits_to_float(uint32_t h) {
+  constexpr uint32_t kExp = 0x7C00u << 13;  // half exponent, float position
+  const uint32_t shifted = (h & 0x7FFFu) << 13;
+  const uint32_t exp = shifted & kExp;
+  const uint32_t normal = shifted + ((127u - 15u) << 23);
+  const uint32_t inf_nan = normal + ((128u - 16u) << 23);
+  const float sub = float_from_bits(normal + (1u << 23)) -
+                    float_from_bits(113u << 23);  // 113 << 23 is 2^-14
+  const uint32_t magnitude =
+      select_bits(exp == kExp, inf_nan,
+                  select_bits(exp == 0, bits_from_float(sub), normal));
+  return float_from_bits(magnitude | ((h & 0x8000u) << 16));
+}
+
+// float -> IEEE half, round to nearest even. Overflow gives Inf, NaN a quiet
+// NaN; results below the half normal range are rounded by adding a magic
+// number whose ulp is the half subnormal step (the FPU does the rounding).
+inline uint16_t float_to_half_bits(float v) {
+  const uint32_t bits = bits_from_float(v);
+  const uint32_t sign = bits & 0x80000000u;
+  const uint32_t a = bits ^ sign;                         // |v|
+  constexpr uint32_t kHalfOverflow = (127u + 16u) << 23;  // 2^16
+  constexpr uint32_t kInf = 255u << 23;
+  constexpr uint32_t kDenormMagic = ((127u - 15u) + (23u - 10u) + 1u) << 23;
+  const uint32_t special = a > kInf ? 0x7E00u : 0x7C00u;
+  const uint32_t sub =
+      bits_from_float(float_from_bits(a) + float_from_bits(kDenormMagic)) -
+      kDenormMagic;
+  const uint32_t mant_odd = (a >> 13) & 1u;
+  const uint32_t normal =
+      (a + (static_cast<uint32_t>(15 - 127) << 23) + 0xFFFu + mant_odd) >> 13;
+  const uint32_t magnitude = select_bits(
+      a >= kHalfOverflow, special, select_bits(a < (113u << 23), sub, normal));
+  return static_cast<uint16_t>(magnitude | (sign >> 16));
+}
+
 template <typename acc_t, typename scalar_t>
 inline acc_t load_as_acc(const scalar_t* p, int64_t i) {
+  const auto* raw = reinterpret_cast<const uint16_t*>(p);
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-    const uint32_t bits = uint32_t{reinterpret_cast<const uint16_t*>(p)[i]}
-                          << 16;
-    float v;
-    std::memcpy(&v, &bits, sizeof(v));
-    return v;
+    return float_from_bits(uint32_t{raw[i]} << 16);
+  } else if constexpr (std::is_same_v<scalar_t, c10::Half>) {
+    return half_bits_to_float(raw[i]);
   } else {
     return static_cast<acc_t>(p[i]);
   }
@@ -55,13 +115,14 @@ inline acc_t load_as_acc(const scalar_t* p, int64_t i) {
 
 template <typename scalar_t, typename acc_t>
 inline void store_from_acc(scalar_t* p, int64_t i, acc_t v) {
+  auto* raw = reinterpret_cast<uint16_t*>(p);
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-    uint32_t bits;
-    std::memcpy(&bits, &v, sizeof(bits));
+    const uint32_t bits = bits_from_float(v);
     const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
     const bool is_nan = (bits & 0x7FFFFFFFu) > 0x7F800000u;
-    reinterpret_cast<uint16_t*>(p)[i] =
-        static_cast<uint16_t>(is_nan ? 0x7FC0u : rounded);
+    raw[i] = static_cast<uint16_t>(is_nan ? 0x7FC0u : rounded);
+  } else if constexpr (std::is_same_v<scalar_t, c10::Half>) {
+    raw[i] = float_to_half_bits(v);
   } else {
     p[i] = static_cast<scalar_t>(v);
   }
