@@ -51,6 +51,18 @@ at::ScalarType stats_dtype(at::ScalarType input_dtype);
 std::vector<int64_t> stats_shape(const at::Tensor& input,
                                  at::IntArrayRef normalized_shape);
 
+// The forward's outputs, allocated like the input: out, and mean/rstd of
+// stats_shape in stats_dtype. `done` when there is nothing to normalize
+// (M == 0, or N == 0, where mean/rstd already hold torch's convention), so
+// that a backend launches no kernel. Shared by every backend.
+struct ForwardOutputs {
+  at::Tensor out, mean, rstd;
+  bool done;
+};
+ForwardOutputs allocate_forward(const at::Tensor& input,
+                                at::IntArrayRef normalized_shape,
+                                RowShape rows);
+
 // Returns a contiguous version of an optional parameter, or an undefined
 // tensor when it is absent.
 at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t);

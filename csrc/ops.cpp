@@ -5,6 +5,7 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include <limits>
 #include <sstream>
 
 #include "layer_norm.h"
@@ -55,6 +56,24 @@ std::vector<int64_t> stats_shape(const at::Tensor& input,
                              input.sizes().begin() + axis);
   shape.resize(input.dim(), 1);
   return shape;
+}
+
+ForwardOutputs allocate_forward(const at::Tensor& input,
+                                at::IntArrayRef normalized_shape,
+                                RowShape rows) {
+  const at::ScalarType acc = stats_dtype(input.scalar_type());
+  const auto stat_sizes = stats_shape(input, normalized_shape);
+  const auto options = input.options();
+  ForwardOutputs o{at::empty(input.sizes(), options),
+                   at::empty(stat_sizes, options.dtype(acc)),
+                   at::empty(stat_sizes, options.dtype(acc)),
+                   rows.M == 0 || rows.N == 0};
+  if (rows.M != 0 && rows.N == 0) {
+    // torch's convention for empty rows: mean 0, rstd 1/sqrt(0/0) = NaN.
+    o.mean.zero_();
+    o.rstd.fill_(std::numeric_limits<double>::quiet_NaN());
+  }
+  return o;
 }
 
 at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {

@@ -178,19 +178,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_fwd_cpu(
     const std::optional<at::Tensor>& bias, double eps) {
   const auto [M, N] =
       check_forward_inputs(input, normalized_shape, weight, bias);
+  auto [out, mean, rstd, done] =
+      allocate_forward(input, normalized_shape, {M, N});
+  if (done) return {out, mean, rstd};
   const at::Tensor x = input.contiguous();
-  const at::ScalarType acc = stats_dtype(input.scalar_type());
-  at::Tensor out = at::empty(input.sizes(), x.options());
-  const auto stat_sizes = stats_shape(input, normalized_shape);
-  at::Tensor mean = at::empty(stat_sizes, x.options().dtype(acc));
-  at::Tensor rstd = at::empty(stat_sizes, x.options().dtype(acc));
-  if (M == 0) return {out, mean, rstd};
-  if (N == 0) {
-    // torch's convention for empty rows: mean 0, rstd 1/sqrt(0/0) = NaN.
-    mean.zero_();
-    rstd.fill_(std::numeric_limits<double>::quiet_NaN());
-    return {out, mean, rstd};
-  }
   const at::Tensor w = contiguous_or_undefined(weight);
   const at::Tensor b = contiguous_or_undefined(bias);
 
