@@ -4,6 +4,11 @@ The CUDA kernels are compiled when a CUDA toolkit is found *and* the installed
 torch was built with CUDA. The decision never asks torch.cuda.is_available(),
 so a machine without a GPU still builds (and CI still links) the CUDA path.
 FASTLN_FORCE_CPU=1 forces a CPU-only build.
+
+FASTLN_SIMT=1 adds fastln._simt: the CUDA kernels' own source compiled by the
+host C++ compiler against the SIMT runtime (csrc/simt), so that they run on the
+CPU (any torch, a CPU build is enough). FASTLN_SIMT_ASAN=1 also instruments it
+with AddressSanitizer, which checks the kernels' global-memory accesses.
 """
 
 from __future__ import annotations
@@ -71,7 +76,33 @@ def make_extension() -> Extension:
     )
 
 
+def make_simt_extension() -> Extension:
+    # -fvisibility=hidden: the SIMT build defines the same fastln::cuda symbols
+    # as a CUDA build of fastln._C, and each module must call its own.
+    # #pragma unroll is nvcc's; GCC ignores it.
+    flags = ["-O2", "-fvisibility=hidden", "-Wno-unknown-pragmas"]
+    link_flags: list[str] = []
+    if os.environ.get("FASTLN_SIMT_ASAN", "0") == "1":
+        flags += ["-fsanitize=address", "-fno-omit-frame-pointer"]
+        link_flags += ["-fsanitize=address"]
+    return CppExtension(
+        "fastln._simt",
+        ["csrc/checks.cpp", *sources("csrc/simt/*.cpp")],
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        define_macros=[("FASTLN_SIMT", "1")],
+        extra_compile_args={"cxx": flags},
+        extra_link_args=link_flags,
+    )
+
+
+def extensions() -> list[Extension]:
+    exts = [make_extension()]
+    if os.environ.get("FASTLN_SIMT", "0") == "1":
+        exts.append(make_simt_extension())
+    return exts
+
+
 setup(
-    ext_modules=[make_extension()],
+    ext_modules=extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

@@ -1,8 +1,9 @@
 // Device building blocks of the fastln CUDA kernels: vector packs, Welford /
 // Chan statistics, and warp / block all-reductions.
 //
-// This header is deliberately torch-free (it includes only CUDA headers) so
-// that it can be read, reused and tested on its own. Element types are
+// This header is deliberately torch-free (it includes only the device seam,
+// device_runtime.cuh) so that it can be read, reused and tested on its own,
+// and so that the SIMT build runs it on the CPU. Element types are
 // template parameters converted with static_cast, which c10::Half and
 // c10::BFloat16 support in device code.
 //
@@ -11,9 +12,9 @@
 // are always full and a block has at most 32 warps.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
+
+#include "device_runtime.cuh"
 
 namespace fastln {
 namespace cuda {
@@ -218,7 +219,8 @@ __device__ __forceinline__ State group_allreduce(State s, int width) {
 // barrier here, and scratch[kWarpSize] is written only after the next call's
 // first barrier, which every thread reaches after reading the result.
 template <typename State>
-__device__ __forceinline__ State block_allreduce(State s, State* scratch) {
+__device__ __forceinline__ State block_allreduce(State s,
+                                                smem_ptr<State> scratch) {
   const int lane = threadIdx.x % kWarpSize;
   const int warp = threadIdx.x / kWarpSize;
   const int num_warps = blockDim.x / kWarpSize;
@@ -244,7 +246,7 @@ __device__ __forceinline__ State block_allreduce(State s, State* scratch) {
 // reduction (the group is then the whole block: one row per block).
 template <typename State>
 __device__ __forceinline__ State row_allreduce(State s, int threads_per_row,
-                                               State* scratch) {
+                                               smem_ptr<State> scratch) {
   if (threads_per_row <= kWarpSize) return group_allreduce(s, threads_per_row);
   return block_allreduce(s, scratch);
 }

@@ -1,11 +1,12 @@
 // CUDA backend of the fastln ops: the entry points registered with
-// TORCH_LIBRARY_IMPL(fastln, CUDA). They run the shared checks of ops.cpp,
+// TORCH_LIBRARY_IMPL(fastln, CUDA) (and, in the SIMT build, with
+// TORCH_LIBRARY_IMPL(fastln_simt, CPU): the same code on CPU tensors, see
+// backend.h). They run the shared checks of ops.cpp,
 // allocate the outputs (from the caching allocator, stream-ordered, so the
 // ops are safe under CUDA graph capture), handle the empty cases exactly as
 // the CPU backend does, and call the launchers of layer_norm_fwd.cu and
 // layer_norm_bwd.cu on the current stream of the input's device.
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <array>
@@ -14,6 +15,7 @@
 #include <tuple>
 
 #include "../layer_norm.h"
+#include "backend.h"
 #include "layer_norm_cuda.h"
 
 namespace fastln {
@@ -29,13 +31,13 @@ at::ScalarType param_dtype(const at::Tensor& input, const at::Tensor& w,
   return input.scalar_type();
 }
 
-void check_cuda_input(const at::Tensor& input) {
+void check_backend_input(const at::Tensor& input) {
   // The dispatcher picks this kernel when any argument is a CUDA tensor; the
   // shared checks already require every other tensor on the input's device.
-  TORCH_CHECK(input.is_cuda(),
+  TORCH_CHECK(on_backend_device(input),
               "fastln layer_norm: expected all tensors on one device, but "
               "got input on ",
-              input.device(), " with other tensors on a CUDA device");
+              input.device(), " with other tensors on ", kBackendDevice);
 }
 
 }  // namespace
@@ -46,13 +48,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_fwd_cuda(
     const std::optional<at::Tensor>& bias, double eps) {
   const RowShape rows =
       check_forward_inputs(input, normalized_shape, weight, bias);
-  check_cuda_input(input);
+  check_backend_input(input);
   const int64_t M = rows.M;
   const int64_t N = rows.N;
-  const c10::cuda::CUDAGuard guard(input.device());
+  const DeviceGuard guard(input.device());
   auto [out, mean, rstd, done] =
       allocate_forward(input, normalized_shape, rows);
   if (done) return {out, mean, rstd};
+  poison(out);
+  poison(mean);
+  poison(rstd);
   const at::Tensor x = input.contiguous();
   const at::Tensor w = contiguous_or_undefined(weight);
   const at::Tensor b = contiguous_or_undefined(bias);
@@ -68,10 +73,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd_cuda(
     const std::optional<at::Tensor>& bias, std::array<bool, 3> output_mask) {
   const RowShape rows = check_backward_inputs(grad_out, input, normalized_shape,
                                               mean, rstd, weight, bias);
-  check_cuda_input(input);
+  check_backend_input(input);
   const int64_t M = rows.M;
   const int64_t N = rows.N;
-  const c10::cuda::CUDAGuard guard(input.device());
+  const DeviceGuard guard(input.device());
   const at::Tensor w_in = contiguous_or_undefined(weight);
   const at::Tensor b_in = contiguous_or_undefined(bias);
   const bool want_dx = output_mask[0];
@@ -90,6 +95,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd_cuda(
     return {dx, dw, db};
   }
   if (!want_dx && !want_dw && !want_db) return {dx, dw, db};
+  for (const at::Tensor* t : {&dx, &dw, &db}) poison(*t);
   const at::Tensor x = input.contiguous();
   const at::Tensor dy = grad_out.contiguous();
   launch_layer_norm_bwd(dy, x, mean.contiguous(), rstd.contiguous(), w_in,
@@ -97,7 +103,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd_cuda(
   return {dx, dw, db};
 }
 
-TORCH_LIBRARY_IMPL(fastln, CUDA, m) {
+TORCH_LIBRARY_IMPL(FASTLN_CUDA_OPS, FASTLN_CUDA_DISPATCH_KEY, m) {
   m.impl("layer_norm_fwd", &layer_norm_fwd_cuda);
   m.impl("layer_norm_bwd", &layer_norm_bwd_cuda);
 }
