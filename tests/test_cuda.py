@@ -1,6 +1,9 @@
 """fastln's CUDA kernels against torch's float64 layer_norm (and the CPU backend).
 
-Skipped without a GPU or without the CUDA build of fastln. Tolerances come from
+Each test runs on every backend that is present (tests/backends.py): a GPU with
+the CUDA build of fastln, and the SIMT backend (a FASTLN_SIMT=1 build), which
+executes the same kernel source on the CPU, threads as fibers, with its
+checkers on; CI runs the whole matrix there. Tolerances come from
 conftest.TOLERANCES, as everywhere else.
 """
 
@@ -9,14 +12,37 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from backends import Backend, cuda_available, make_backend, simt_available
 from conftest import assert_close, reference, run_layer_norm
 
 import fastln
 
-pytestmark = pytest.mark.skipif(
-    not torch.cuda.is_available() or not fastln.cuda_built(),
-    reason="needs a CUDA device and the CUDA build of fastln",
+
+@pytest.fixture(
+    params=[
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(
+                not cuda_available(), reason="needs a CUDA device and the CUDA build of fastln"
+            ),
+        ),
+        pytest.param(
+            "simt",
+            marks=pytest.mark.skipif(
+                not simt_available(), reason="needs the SIMT build (FASTLN_SIMT=1)"
+            ),
+        ),
+    ]
 )
+def backend(request) -> Backend:
+    return make_backend(request.param)
+
+
+def cuda_only(backend: Backend) -> None:
+    """For what only a GPU has (streams, graphs, devices, the caching allocator)."""
+    if backend.is_simt:
+        pytest.skip("CUDA runtime feature: nothing of it runs on the SIMT backend")
+
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 # Row lengths around every boundary of the tuning table (csrc/cuda/plan.h):
@@ -35,9 +61,7 @@ def rows_for(n: int) -> int:
     return max(3, min(301, (1 << 20) // n))
 
 
-def make_case(
-    shape, normalized_shape, dtype, affine="wb", param_dtype=None, device="cuda", offset=3.0
-):
+def make_case(shape, normalized_shape, dtype, device, affine="wb", param_dtype=None, offset=3.0):
     """Inputs on `device`: x with a mean offset (to catch cancellation), weight
     around 1, bias around 0, grad_out; params in param_dtype (default dtype)."""
     param_dtype = param_dtype or dtype
@@ -55,18 +79,18 @@ def make_case(
     return x, weight, bias, grad
 
 
-def run_direct(x, normalized_shape, weight, bias, eps, grad):
+def run_direct(backend, x, normalized_shape, weight, bias, eps, grad):
     """Like conftest.run_layer_norm for fastln, but on leaves that keep the
     inputs' exact layout (strides and storage offset: detach() is a view, while
     run_layer_norm's clone() would realign and compact them)."""
     xl, wl, bl = (None if t is None else t.detach().requires_grad_() for t in (x, weight, bias))
-    out = fastln.layer_norm(xl, normalized_shape, wl, bl, eps)
+    out = backend.layer_norm(xl, normalized_shape, wl, bl, eps)
     out.backward(grad)
     return out, xl.grad, None if wl is None else wl.grad, None if bl is None else bl.grad
 
 
-def check_against_reference(x, normalized_shape, weight, bias, eps, grad, dtype, what=""):
-    out, dx, dw, db = run_direct(x, normalized_shape, weight, bias, eps, grad)
+def check_against_reference(backend, x, normalized_shape, weight, bias, eps, grad, dtype, what=""):
+    out, dx, dw, db = run_direct(backend, x, normalized_shape, weight, bias, eps, grad)
     r_out, r_dx, r_dw, r_db = reference(x, normalized_shape, weight, bias, eps, grad)
     assert out.dtype == x.dtype and out.device == x.device
     if weight is not None:
@@ -82,17 +106,17 @@ def check_against_reference(x, normalized_shape, weight, bias, eps, grad, dtype,
 @pytest.mark.parametrize("affine", AFFINE)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("n", NS)
-def test_parity(n, dtype, affine):
+def test_parity(backend, n, dtype, affine):
     shape = (rows_for(n), n)
-    x, w, b, g = make_case(shape, (n,), dtype, affine)
-    check_against_reference(x, (n,), w, b, 1e-5, g, dtype, what=f"N={n}")
+    x, w, b, g = make_case(shape, (n,), dtype, backend.device, affine)
+    check_against_reference(backend, x, (n,), w, b, 1e-5, g, dtype, what=f"N={n}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("n", [3, 768, 1025, 4096, 65536])
-def test_eps_zero(n, dtype):
-    x, w, b, g = make_case((rows_for(n), n), (n,), dtype)
-    check_against_reference(x, (n,), w, b, 0.0, g, dtype, what=f"eps=0 N={n}")
+def test_eps_zero(backend, n, dtype):
+    x, w, b, g = make_case((rows_for(n), n), (n,), dtype, backend.device)
+    check_against_reference(backend, x, (n,), w, b, 0.0, g, dtype, what=f"eps=0 N={n}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -106,28 +130,30 @@ def test_eps_zero(n, dtype):
         ((7, 2, 4, 256), (4, 256)),
     ],
 )
-def test_multidim_normalized_shape(shape, normalized_shape, dtype):
-    x, w, b, g = make_case(shape, normalized_shape, dtype)
+def test_multidim_normalized_shape(backend, shape, normalized_shape, dtype):
+    x, w, b, g = make_case(shape, normalized_shape, dtype, backend.device)
     check_against_reference(
-        x, normalized_shape, w, b, 1e-5, g, dtype, what=f"{shape}/{normalized_shape}"
+        backend, x, normalized_shape, w, b, 1e-5, g, dtype, what=f"{shape}/{normalized_shape}"
     )
 
 
 @pytest.mark.parametrize("affine", ["wb", "w", "b"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("n", [7, 768, 1025, 4096, 12288, 65536])
-def test_mixed_precision_params(n, dtype, affine):
+def test_mixed_precision_params(backend, n, dtype, affine):
     """half/bfloat16 input with float32 weight/bias: output in the input dtype,
     parameter gradients in float32."""
-    x, w, b, g = make_case((rows_for(n), n), (n,), dtype, affine, param_dtype=torch.float32)
-    check_against_reference(x, (n,), w, b, 1e-5, g, dtype, what=f"mixed N={n}")
+    x, w, b, g = make_case(
+        (rows_for(n), n), (n,), dtype, backend.device, affine, param_dtype=torch.float32
+    )
+    check_against_reference(backend, x, (n,), w, b, 1e-5, g, dtype, what=f"mixed N={n}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_one_million_columns(dtype):
+def test_one_million_columns(backend, dtype):
     n = 1 << 20
-    x, w, b, g = make_case((3, n), (n,), dtype)
-    check_against_reference(x, (n,), w, b, 1e-5, g, dtype, what="N=2^20")
+    x, w, b, g = make_case((3, n), (n,), dtype, backend.device)
+    check_against_reference(backend, x, (n,), w, b, 1e-5, g, dtype, what="N=2^20")
 
 
 def offset_view(t: torch.Tensor, elements: int = 1) -> torch.Tensor:
@@ -143,49 +169,49 @@ def offset_view(t: torch.Tensor, elements: int = 1) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("n", [8, 1024, 4096, 65536])
 @pytest.mark.parametrize("which", ["x", "weight", "grad"])
-def test_misaligned_views(n, dtype, which):
+def test_misaligned_views(backend, n, dtype, which):
     """Vectorizable N, but one operand starts at an odd element: the kernels
     must notice from the pointer and take the scalar path."""
-    x, w, b, g = make_case((rows_for(n), n), (n,), dtype)
+    x, w, b, g = make_case((rows_for(n), n), (n,), dtype, backend.device)
     if which == "x":
         x = offset_view(x)
     elif which == "weight":
         w = offset_view(w)
     else:
         g = offset_view(g)
-    check_against_reference(x, (n,), w, b, 1e-5, g, dtype, what=f"misaligned {which}")
+    check_against_reference(backend, x, (n,), w, b, 1e-5, g, dtype, what=f"misaligned {which}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
-def test_misaligned_forward_op(dtype):
+def test_misaligned_forward_op(backend, dtype):
     """The op on an offset input directly (autograd would not copy it either)."""
-    x, w, b, _ = make_case((33, 1024), (1024,), dtype)
+    x, w, b, _ = make_case((33, 1024), (1024,), dtype, backend.device)
     xv = offset_view(x)
-    out, mean, rstd = torch.ops.fastln.layer_norm_fwd(xv, [1024], w, b, 1e-5)
-    out_ref, mean_ref, rstd_ref = torch.ops.fastln.layer_norm_fwd(x, [1024], w, b, 1e-5)
+    out, mean, rstd = backend.fwd(xv, [1024], w, b, 1e-5)
+    out_ref, mean_ref, rstd_ref = backend.fwd(x, [1024], w, b, 1e-5)
     assert_close(out, out_ref, dtype)
     torch.testing.assert_close(mean, mean_ref)
     torch.testing.assert_close(rstd, rstd_ref)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_non_contiguous_inputs(dtype):
-    base, w, b, gbase = make_case((64, 2 * 1030), (2 * 1030,), dtype)
+def test_non_contiguous_inputs(backend, dtype):
+    base, w, b, gbase = make_case((64, 2 * 1030), (2 * 1030,), dtype, backend.device)
     x = base[:, ::2]  # strided rows of 1030
     g = gbase[:, 1::2]
     w, b = w[::2], b[::2]
     assert not x.is_contiguous() and not w.is_contiguous()
-    check_against_reference(x, (1030,), w, b, 1e-5, g, dtype, what="strided")
+    check_against_reference(backend, x, (1030,), w, b, 1e-5, g, dtype, what="strided")
     xt = base.reshape(64, 20, 103).transpose(0, 1)  # [20, 64, 103], rows not contiguous
     gt = gbase.reshape(64, 20, 103).transpose(0, 1)
-    check_against_reference(xt, (103,), None, None, 1e-5, gt, dtype, what="transposed")
+    check_against_reference(backend, xt, (103,), None, None, 1e-5, gt, dtype, what="transposed")
 
 
 @pytest.mark.parametrize("n", [4, 1024, 65536])
-def test_cuda_matches_cpu_backend(n):
+def test_cuda_matches_cpu_backend(backend, n):
     for dtype in (torch.float32, torch.float64):
-        x, w, b, g = make_case((rows_for(n), n), (n,), dtype)
-        cuda = run_layer_norm(fastln.layer_norm, x, (n,), w, b, 1e-5, g)
+        x, w, b, g = make_case((rows_for(n), n), (n,), dtype, backend.device)
+        cuda = run_layer_norm(backend.layer_norm, x, (n,), w, b, 1e-5, g)
         cpu = run_layer_norm(fastln.layer_norm, x.cpu(), (n,), w.cpu(), b.cpu(), 1e-5, g.cpu())
         for name, a, e in zip(("out", "dx", "dweight", "dbias"), cuda, cpu):
             assert_close(a, e, dtype, backward=name != "out", what=f"cuda vs cpu {name}")
@@ -202,38 +228,34 @@ def test_cuda_matches_cpu_backend(n):
     ],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_backward_deterministic(shape, n, dtype):
-    x, w, b, g = make_case(shape, (n,), dtype)
-    first = run_layer_norm(fastln.layer_norm, x, (n,), w, b, 1e-5, g)
+def test_backward_deterministic(backend, shape, n, dtype):
+    x, w, b, g = make_case(shape, (n,), dtype, backend.device)
+    first = run_layer_norm(backend.layer_norm, x, (n,), w, b, 1e-5, g)
     for _ in range(2):
-        again = run_layer_norm(fastln.layer_norm, x, (n,), w, b, 1e-5, g)
+        again = run_layer_norm(backend.layer_norm, x, (n,), w, b, 1e-5, g)
         for a, e in zip(again, first):
             assert torch.equal(a, e), "results differ from run to run"
 
 
-def test_empty_inputs():
+def test_empty_inputs(backend):
     for dtype in (torch.float32, torch.float16):
         # No rows.
-        x, w, b, g = make_case((0, 16), (16,), dtype)
-        check_against_reference(x, (16,), w, b, 1e-5, g, dtype, what="M=0")
-        out, mean, rstd = torch.ops.fastln.layer_norm_fwd(x, [16], w, b, 1e-5)
+        x, w, b, g = make_case((0, 16), (16,), dtype, backend.device)
+        check_against_reference(backend, x, (16,), w, b, 1e-5, g, dtype, what="M=0")
+        out, mean, rstd = backend.fwd(x, [16], w, b, 1e-5)
         assert out.shape == (0, 16) and mean.shape == (0, 1) and rstd.shape == (0, 1)
         # Empty rows: mean 0, rstd NaN, zero parameter gradients.
-        x, w, b, g = make_case((5, 0), (0,), dtype)
-        out, mean, rstd = torch.ops.fastln.layer_norm_fwd(x, [0], w, b, 1e-5)
+        x, w, b, g = make_case((5, 0), (0,), dtype, backend.device)
+        out, mean, rstd = backend.fwd(x, [0], w, b, 1e-5)
         assert out.shape == (5, 0)
         assert torch.equal(mean.cpu(), torch.zeros(5, 1))
         assert torch.isnan(rstd).all()
-        dx, dw, db = torch.ops.fastln.layer_norm_bwd(
-            g, x, [0], mean, rstd, w, b, [True, True, True]
-        )
+        dx, dw, db = backend.bwd(g, x, [0], mean, rstd, w, b, [True, True, True])
         assert dx.shape == (5, 0) and dw.shape == (0,) and db.shape == (0,)
         # M == 0 with parameters: zero gradients of the right dtype.
-        x, w, b, g = make_case((0, 3, 8), (8,), dtype)
-        _, mean, rstd = torch.ops.fastln.layer_norm_fwd(x, [8], w, b, 1e-5)
-        dx, dw, db = torch.ops.fastln.layer_norm_bwd(
-            g, x, [8], mean, rstd, w, b, [True, True, True]
-        )
+        x, w, b, g = make_case((0, 3, 8), (8,), dtype, backend.device)
+        _, mean, rstd = backend.fwd(x, [8], w, b, 1e-5)
+        dx, dw, db = backend.bwd(g, x, [8], mean, rstd, w, b, [True, True, True])
         assert torch.equal(dw, torch.zeros_like(w)) and torch.equal(db, torch.zeros_like(b))
 
 
@@ -241,11 +263,11 @@ def test_empty_inputs():
     "mask", [(True, False, False), (False, True, False), (False, False, True), (False, True, True)]
 )
 @pytest.mark.parametrize("n", [64, 4096, 65536])
-def test_output_mask(n, mask):
+def test_output_mask(backend, n, mask):
     dtype = torch.float32
-    x, w, b, g = make_case((rows_for(n), n), (n,), dtype)
-    _, mean, rstd = torch.ops.fastln.layer_norm_fwd(x, [n], w, b, 1e-5)
-    dx, dw, db = torch.ops.fastln.layer_norm_bwd(g, x, [n], mean, rstd, w, b, list(mask))
+    x, w, b, g = make_case((rows_for(n), n), (n,), dtype, backend.device)
+    _, mean, rstd = backend.fwd(x, [n], w, b, 1e-5)
+    dx, dw, db = backend.bwd(g, x, [n], mean, rstd, w, b, list(mask))
     _, r_dx, r_dw, r_db = reference(x, (n,), w, b, 1e-5, g)
     for got, want, ref, name in (
         (dx, mask[0], r_dx, "dx"),
@@ -259,13 +281,13 @@ def test_output_mask(n, mask):
 
 
 @pytest.mark.parametrize("n", [8, 1024, 65536])
-def test_nan_inf_propagate_like_torch(n):
+def test_nan_inf_propagate_like_torch(backend, n):
     dtype = torch.float32
-    x, w, b, g = make_case((6, n), (n,), dtype)
+    x, w, b, g = make_case((6, n), (n,), dtype, backend.device)
     x[1, n // 2] = float("nan")
     x[3, 0] = float("inf")
     x[4, n - 1] = float("-inf")
-    out, dx, dw, db = run_layer_norm(fastln.layer_norm, x, (n,), w, b, 1e-5, g)
+    out, dx, dw, db = run_layer_norm(backend.layer_norm, x, (n,), w, b, 1e-5, g)
     r_out, r_dx, r_dw, r_db = reference(x, (n,), w, b, 1e-5, g)
     for name, a, e in (
         ("out", out, r_out),
@@ -278,8 +300,9 @@ def test_nan_inf_propagate_like_torch(n):
     assert torch.isfinite(out[[0, 2, 5]]).all()
 
 
-def test_cpu_cuda_mix_raises():
-    x, w, b, g = make_case((4, 32), (32,), torch.float32)
+def test_cpu_cuda_mix_raises(backend):
+    cuda_only(backend)
+    x, w, b, g = make_case((4, 32), (32,), torch.float32, "cuda")
     with pytest.raises(RuntimeError):
         fastln.layer_norm(x, (32,), w.cpu(), b.cpu())
     with pytest.raises(RuntimeError):
@@ -294,20 +317,22 @@ def test_cpu_cuda_mix_raises():
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
-def test_second_device():
+def test_second_device(backend):
+    cuda_only(backend)
     device = torch.device("cuda:1")
     assert torch.cuda.current_device() == 0
     for n in (1024, 65536):
-        x, w, b, g = make_case((rows_for(n), n), (n,), torch.float32, device=device)
+        x, w, b, g = make_case((rows_for(n), n), (n,), torch.float32, device)
         out, dx, dw, db = run_layer_norm(fastln.layer_norm, x, (n,), w, b, 1e-5, g)
         assert out.device == dx.device == dw.device == db.device == device
-        check_against_reference(x, (n,), w, b, 1e-5, g, torch.float32, what="cuda:1")
+        check_against_reference(backend, x, (n,), w, b, 1e-5, g, torch.float32, what="cuda:1")
     assert torch.cuda.current_device() == 0
 
 
-def test_over_2_31_elements():
+def test_over_2_31_elements(backend):
     """64-bit indexing: the last rows of a bfloat16 input of more than 2^31
     elements (only a few rows are checked, against the float64 reference)."""
+    cuda_only(backend)
     free, total = torch.cuda.mem_get_info()
     if total < 40 * 2**30 or free < 24 * 2**30:
         pytest.skip("needs a GPU with ~40 GB")
@@ -332,9 +357,10 @@ def test_over_2_31_elements():
     del x, g, out, dx
 
 
-def test_torch_compile_fullgraph():
+def test_torch_compile_fullgraph(backend):
+    cuda_only(backend)
     n = 1024
-    x, w, b, g = make_case((64, n), (n,), torch.float16, param_dtype=torch.float32)
+    x, w, b, g = make_case((64, n), (n,), torch.float16, "cuda", param_dtype=torch.float32)
 
     def f(x, w, b):
         return fastln.layer_norm(x, (n,), w, b, 1e-5)
@@ -348,9 +374,10 @@ def test_torch_compile_fullgraph():
 
 
 @pytest.mark.parametrize("n", [1024, 65536])
-def test_cuda_graph_capture(n):
+def test_cuda_graph_capture(backend, n):
+    cuda_only(backend)
     dtype = torch.float32
-    x, w, b, gy = make_case((16, n), (n,), dtype)
+    x, w, b, gy = make_case((16, n), (n,), dtype, "cuda")
     x.requires_grad_(True)
     w.requires_grad_(True)
     b.requires_grad_(True)
@@ -386,7 +413,8 @@ def test_cuda_graph_capture(n):
         assert_close(b.grad, r_db, dtype, backward=True, what="graph dbias")
 
 
-def test_module_on_cuda_matches_torch():
+def test_module_on_cuda_matches_torch(backend):
+    cuda_only(backend)
     torch_ln = torch.nn.LayerNorm(768, device="cuda")
     with torch.no_grad():
         torch_ln.weight.normal_(1, 0.1)
@@ -402,16 +430,17 @@ def test_module_on_cuda_matches_torch():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("n", [512, 4096, 65536])
-def test_huge_offset_keeps_accuracy(n, dtype):
+def test_huge_offset_keeps_accuracy(backend, n, dtype):
     """Rows of 1e4 + 1e-3 * noise: float32 holds 1e4 only to 1e-3, the scale of
     the signal, so the kernels must normalize x - shift (forward) and correct
     the rounded saved mean (backward), like the CPU backend."""
-    base = torch.randn(16, n, dtype=torch.float64, device="cuda")
+    dev = backend.device
+    base = torch.randn(16, n, dtype=torch.float64, device=dev)
     x = (base * 1e-3 + 1e4).to(dtype)
-    w = torch.randn(n, dtype=dtype, device="cuda")
-    b = torch.randn(n, dtype=dtype, device="cuda")
-    g = torch.randn(16, n, dtype=dtype, device="cuda")
-    got = run_direct(x, (n,), w, b, 1e-12, g)
+    w = torch.randn(n, dtype=dtype, device=dev)
+    b = torch.randn(n, dtype=dtype, device=dev)
+    g = torch.randn(16, n, dtype=dtype, device=dev)
+    got = run_direct(backend, x, (n,), w, b, 1e-12, g)
     want = reference(x, (n,), w, b, 1e-12, g)
     assert_close(got[0], want[0], dtype, what="out")
     assert_close(got[1] * 1e-3, want[1] * 1e-3, dtype, backward=True, what="dx")
@@ -421,12 +450,13 @@ def test_huge_offset_keeps_accuracy(n, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("n", [1000, 4096, 65536])
-def test_constant_rows(n, dtype):
-    x = torch.full((4, n), 3.25, dtype=dtype, device="cuda")
-    w = torch.randn(n, dtype=dtype, device="cuda")
-    b = torch.randn(n, dtype=dtype, device="cuda")
-    g = torch.randn(4, n, dtype=dtype, device="cuda")
-    out, dx, dw, db = run_direct(x, (n,), w, b, 1e-5, g)
+def test_constant_rows(backend, n, dtype):
+    dev = backend.device
+    x = torch.full((4, n), 3.25, dtype=dtype, device=dev)
+    w = torch.randn(n, dtype=dtype, device=dev)
+    b = torch.randn(n, dtype=dtype, device=dev)
+    g = torch.randn(4, n, dtype=dtype, device=dev)
+    out, dx, dw, db = run_direct(backend, x, (n,), w, b, 1e-5, g)
     assert torch.equal(out, b.expand(4, n))  # exactly: x - mean is exactly 0
     want = reference(x, (n,), w, b, 1e-5, g)
     assert_close(dx, want[1], dtype, backward=True, what="dx")
@@ -435,8 +465,9 @@ def test_constant_rows(n, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_one_element_rows(dtype):
-    x = torch.randn(10, 1, dtype=dtype, device="cuda") * 100
-    b = torch.randn(1, dtype=dtype, device="cuda")
-    out = fastln.layer_norm(x, (1,), torch.randn(1, dtype=dtype, device="cuda"), b)
+def test_one_element_rows(backend, dtype):
+    dev = backend.device
+    x = torch.randn(10, 1, dtype=dtype, device=dev) * 100
+    b = torch.randn(1, dtype=dtype, device=dev)
+    out = backend.layer_norm(x, (1,), torch.randn(1, dtype=dtype, device=dev), b)
     assert torch.equal(out, b.expand(10, 1))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -20,15 +21,36 @@ def compiler() -> str | None:
     return None
 
 
-def run_check(tmp_path: Path, source: Path, opt: str = "-O1") -> None:
+def build_check(
+    tmp_path: Path,
+    source: Path,
+    opt: str = "-O1",
+    extra_sources: Sequence[Path] = (),
+    flags: Sequence[str] = (),
+    name: str | None = None,
+) -> Path:
+    """Compiles a self-checking C++ program against csrc/; returns the binary."""
+    exe = tmp_path / (name or source.stem)
+    cmd = [compiler(), "-std=c++17", opt, "-Wall", "-Werror", f"-I{ROOT / 'csrc'}", *flags]
+    subprocess.run([*cmd, str(source), *map(str, extra_sources), "-o", str(exe)], check=True)
+    return exe
+
+
+def run_check(
+    tmp_path: Path,
+    source: Path,
+    opt: str = "-O1",
+    extra_sources: Sequence[Path] = (),
+    flags: Sequence[str] = (),
+    args: Sequence[str] = (),
+) -> str:
     """Compiles a self-checking C++ file against csrc/ and runs it: it must exit
-    0 and print "ok" last."""
-    exe = tmp_path / source.stem
-    cmd = [compiler(), "-std=c++17", opt, "-Wall", "-Werror", f"-I{ROOT / 'csrc'}"]
-    subprocess.run([*cmd, str(source), "-o", str(exe)], check=True)
-    result = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
+    0 and print "ok" last. Returns its output."""
+    exe = build_check(tmp_path, source, opt, extra_sources, flags)
+    result = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().endswith("ok")
+    return result.stdout
 
 
 @pytest.mark.skipif(compiler() is None, reason="needs a C++ compiler")

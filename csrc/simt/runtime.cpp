@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <exception>
 #include <map>
 #include <memory>
@@ -16,6 +17,7 @@
 
 #if defined(__SANITIZE_ADDRESS__)
 #define FASTLN_SIMT_ASAN 1
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
 
@@ -42,6 +44,7 @@ const DeviceDesc* g_device = &kH100;
 uint64_t g_seed = 0;
 std::map<std::string, int64_t> g_max_dynamic_smem;
 std::vector<LaunchRecord> g_launches;
+std::map<std::string, KernelResources> g_extra_resources;
 
 // The resource-usage table of the nvcc build (see simt.h).
 struct ResourceRow {
@@ -147,6 +150,11 @@ struct Context {
 // starts with a 16-byte aligned stack, as its call requires.
 void make_context(Context& ctx, const Stack& stack, void (*entry)(void*),
                   void* arg) {
+#ifdef FASTLN_SIMT_ASAN
+  // The stack's previous fiber never returned: its frames' redzones are
+  // still poisoned.
+  __asan_unpoison_memory_region(stack.bottom(), kStackBytes);
+#endif
   auto top = reinterpret_cast<uintptr_t>(stack.top()) & ~uintptr_t{15};
   auto* sp = reinterpret_cast<uint64_t*>(top - 16 - 88);
   uint32_t mxcsr;
@@ -181,6 +189,9 @@ void ucontext_entry() { fiber_entry(t_entry_arg); }
 // t_entry_arg, which the scheduler sets before each first switch.
 void make_context(Context& ctx, const Stack& stack, void (*)(void*),
                   void*) {
+#ifdef FASTLN_SIMT_ASAN
+  __asan_unpoison_memory_region(stack.bottom(), kStackBytes);
+#endif
   getcontext(&ctx.uc);
   ctx.uc.uc_stack.ss_sp = stack.bottom();
   ctx.uc.uc_stack.ss_size = kStackBytes;
@@ -402,17 +413,16 @@ bool same_op(const WarpOp& a, const WarpOp& b) {
          a.site.line == b.site.line && std::strcmp(a.site.file, b.site.file) == 0;
 }
 
-// Resolves the warp operations that every named lane has reached; returns
-// whether any thread became runnable. Throws for a divergent operation.
-bool resolve_warps(Block& b) {
+// Checks every waiting warp operation against the lanes its mask names:
+// the caller is in its mask, the width is valid, and every named lane that
+// has not exited waits at the same operation (same intrinsic and call site,
+// mask and width). Throws for the first violation.
+void check_warp_ops(Block& b) {
   std::vector<Thread>& ts = *b.threads;
-  bool progress = false;
-  const int warps = (b.num_threads + kWarpSize - 1) / kWarpSize;
-  for (int w = 0; w < warps; ++w) {
-    const int first = w * kWarpSize;
+  for (int first = 0; first < b.num_threads; first += kWarpSize) {
     const int lanes = std::min(kWarpSize, b.num_threads - first);
     for (int l = 0; l < lanes; ++l) {
-      Thread& t = ts[first + l];
+      const Thread& t = ts[first + l];
       if (t.state != State::kAtWarp) continue;
       const WarpOp& op = t.op;
       const std::string here = std::string(op_name(op)) + " at " +
@@ -427,21 +437,15 @@ bool resolve_warps(Block& b) {
         fail_at(b, &t, "shuffle width",
                 here + ": width " + std::to_string(op.width) +
                     " is not a power of two in 1..32");
-      bool ready = true;
-      for (int m = 0; m < kWarpSize; ++m) {
+      for (int m = 0; m < lanes; ++m) {
         if (((op.mask >> m) & 1u) == 0) continue;
-        if (m >= lanes) continue;  // no such lane: like an exited one
         const Thread& o = ts[first + m];
-        if (o.state == State::kExited) continue;
         if (o.state == State::kAtBarrier)
           fail_at(b, &t, "divergent warp sync",
                   here + " names lane " + std::to_string(m) + " (" +
                       thread_str(o) + "), which waits at __syncthreads at " +
                       site_str(o.barrier_site));
-        if (o.state != State::kAtWarp) {
-          ready = false;
-          continue;
-        }
+        if (o.state != State::kAtWarp) continue;
         if (!same_op(o.op, op) || o.op.mask != op.mask)
           fail_at(b, &t, "divergent warp sync",
                   here + " names lane " + std::to_string(m) + " (" +
@@ -455,14 +459,35 @@ bool resolve_warps(Block& b) {
                       thread_str(o) + ") uses width " +
                       std::to_string(o.op.width));
       }
+    }
+  }
+}
+
+// Resolves the warp operations that every named lane has reached (lanes that
+// have exited, or do not exist in a partial warp, may be named: the Guide
+// requires only the non-exited ones); returns whether any thread became
+// runnable. Throws for a divergent operation or an undefined shuffle read.
+bool resolve_warps(Block& b) {
+  check_warp_ops(b);
+  std::vector<Thread>& ts = *b.threads;
+  bool progress = false;
+  for (int first = 0; first < b.num_threads; first += kWarpSize) {
+    const int lanes = std::min(kWarpSize, b.num_threads - first);
+    for (int l = 0; l < lanes; ++l) {
+      if (ts[first + l].state != State::kAtWarp) continue;
+      const WarpOp op = ts[first + l].op;
+      bool ready = true;
+      for (int m = 0; m < lanes; ++m)
+        if (((op.mask >> m) & 1u) != 0 &&
+            ts[first + m].state == State::kRunnable)
+          ready = false;
       if (!ready) continue;
-      // Every named lane that has not exited is here: compute the results
-      // before releasing anyone (each reads the others' pre-shuffle values).
+      // Compute every result before releasing anyone: each lane reads the
+      // others' values from before the shuffle.
       std::vector<uint64_t> results(kWarpSize, 0);
       for (int m = 0; m < lanes; ++m) {
-        if (((op.mask >> m) & 1u) == 0) continue;
         const Thread& o = ts[first + m];
-        if (o.state != State::kAtWarp) continue;
+        if (((op.mask >> m) & 1u) == 0 || o.state != State::kAtWarp) continue;
         if (op.kind == WarpOpKind::kSyncWarp) continue;
         const int src = shuffle_source(o.op, m);
         if (src < 0) {
@@ -480,9 +505,8 @@ bool resolve_warps(Block& b) {
         results[m] = ts[first + src].op.bits;
       }
       for (int m = 0; m < lanes; ++m) {
-        if (((op.mask >> m) & 1u) == 0) continue;
         Thread& o = ts[first + m];
-        if (o.state != State::kAtWarp) continue;
+        if (((op.mask >> m) & 1u) == 0 || o.state != State::kAtWarp) continue;
         o.result = results[m];
         o.state = State::kRunnable;
         progress = true;
@@ -613,6 +637,28 @@ const ResourceRow* find_resources(const std::string& kernel) {
   return nullptr;
 }
 
+#ifdef FASTLN_SIMT_ASAN
+// AddressSanitizer checks the kernels' global memory (shared memory has the
+// runtime's own checks). Its report names the address; this adds the CUDA
+// thread that made the access, as the other checkers do. ASan then stops
+// the process (halt_on_error), as a GPU fault ends the CUDA context.
+void report_asan_error(const char*) {
+  const Thread* t = t_current;
+  const Block* b = t_block;
+  if (b == nullptr) return;
+  std::string line = "fastln simt: global memory (AddressSanitizer): kernel " +
+                     b->launch->kernel + ", block " + dim_str(b->idx);
+  if (t != nullptr) line += ", thread " + dim_str(t->view.thread_idx);
+  line += "\n";
+  fputs(line.c_str(), stderr);
+}
+
+[[maybe_unused]] const bool asan_hook_installed = [] {
+  __asan_set_error_report_callback(&report_asan_error);
+  return true;
+}();
+#endif
+
 }  // namespace
 
 // ---------------------------------------------------------------------------
@@ -638,6 +684,11 @@ uint64_t schedule_seed() { return g_seed; }
 
 KernelResources kernel_resources(const std::string& kernel) {
   const ResourceRow* r = find_resources(kernel);
+  if (r == nullptr) {
+    std::lock_guard<std::mutex> lock(g_config_mutex);
+    const auto it = g_extra_resources.find(kernel);
+    if (it != g_extra_resources.end()) return it->second;
+  }
   if (r == nullptr)
     throw Error("fastln simt: resource table: kernel " + kernel +
                 " has no entry for " + g_device->arch +
@@ -646,10 +697,17 @@ KernelResources kernel_resources(const std::string& kernel) {
   return {r->regs, r->shared - g_device->table_reserved_smem};
 }
 
-int64_t max_dynamic_smem(const std::string& kernel) {
+void set_kernel_resources(const std::string& kernel, KernelResources r) {
   std::lock_guard<std::mutex> lock(g_config_mutex);
-  const auto it = g_max_dynamic_smem.find(kernel);
-  if (it != g_max_dynamic_smem.end()) return it->second;
+  g_extra_resources[kernel] = r;
+}
+
+int64_t max_dynamic_smem(const std::string& kernel) {
+  {
+    std::lock_guard<std::mutex> lock(g_config_mutex);
+    const auto it = g_max_dynamic_smem.find(kernel);
+    if (it != g_max_dynamic_smem.end()) return it->second;
+  }
   return g_device->smem_per_block - kernel_resources(kernel).static_smem;
 }
 

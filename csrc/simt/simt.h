@@ -95,6 +95,9 @@ struct KernelResources {
   int64_t static_smem;
 };
 KernelResources kernel_resources(const std::string& kernel);
+// Adds a kernel that is not in the table (the runtime's own tests), for
+// every architecture.
+void set_kernel_resources(const std::string& kernel, KernelResources r);
 // cudaFuncAttributeMaxDynamicSharedMemorySize of a kernel (48 KB until set).
 int64_t max_dynamic_smem(const std::string& kernel);
 void set_max_dynamic_smem(const std::string& kernel, int64_t bytes);
