@@ -235,6 +235,43 @@ void check_checkers() {
       f[0] = 1.0f;  // a float at byte 2
     });
   });
+  expect_error("shared memory race", "smem_race_write_after_read", [] {
+    run("smem_race_write_after_read", dim3(1), dim3(64), 0, [] {
+      const auto s = simt::static_shared<int>(64, "s");
+      const int t = static_cast<int>(threadIdx.x);
+      s[t] = t;
+      __syncthreads();
+      s[t] = 2 * t;  // thread 1 overwrites s[1] after thread 0 read it
+      volatile int v = s[(t + 1) % 64];
+      (void)v;
+    }, 256);
+  });
+  expect_error("shared memory race", "smem_race_read_after_write", [] {
+    run("smem_race_read_after_write", dim3(1), dim3(64), 0, [] {
+      const auto s = simt::static_shared<int>(1, "s");
+      if (threadIdx.x == 0) s[0] = 1;
+      __syncthreads();
+      if (threadIdx.x == 1) s[0] = 2;  // the barrier between is missing
+      if (threadIdx.x == 2) {
+        volatile int v = s[0];
+        (void)v;
+      }
+    }, 16);
+  });
+  expect_error("shared memory race", "smem_race_two_writers", [] {
+    run("smem_race_two_writers", dim3(1), dim3(64), 0, [] {
+      const auto s = simt::static_shared<int>(1, "s");
+      s[0] = static_cast<int>(threadIdx.x);
+    }, 16);
+  });
+  // A warp sync orders the accesses of its lanes: no race here.
+  run("warp_ordered", dim3(1), dim3(32), 0, [] {
+    const auto s = simt::static_shared<int>(32, "s");
+    s[threadIdx.x] = static_cast<int>(threadIdx.x);
+    __syncwarp();
+    volatile int v = s[(threadIdx.x + 1) % 32];
+    (void)v;
+  }, 128);
   expect_error("divergent __syncthreads", "barrier_some_threads", [] {
     run("barrier_some_threads", dim3(1), dim3(64), 0, [] {
       if (threadIdx.x < 48) __syncthreads();  // the rest return
@@ -307,18 +344,15 @@ void check_checkers() {
 }
 
 // Order dependence: a kernel whose result depends on the thread order (a
-// write-write race on shared memory) gives different outputs under
-// different schedule seeds, which the seed comparison reports.
+// write-write race on global memory, which the shared-memory race check
+// does not see) gives different outputs under different schedule seeds,
+// which comparing the outputs of several seeds reports.
 void check_order_dependence() {
   auto racy = [](uint64_t seed) {
     simt::configure("h100", seed);
     int out = -1;
-    run("racy", dim3(1), dim3(64), 0, [&] {
-      const auto s = simt::static_shared<int>(1, "s");
-      s[0] = static_cast<int>(threadIdx.x);  // every thread, no order
-      __syncthreads();
-      if (threadIdx.x == 0) out = s[0];
-    }, 16);
+    run("racy", dim3(1), dim3(64), 0,
+        [&] { out = static_cast<int>(threadIdx.x); });  // every thread
     return out;
   };
   auto fixed = [](uint64_t seed) {

@@ -88,7 +88,14 @@ struct Stack {
     // A stack overflow hits the guard page (a crash, not silent damage).
     mprotect(base, page, PROT_NONE);
   }
-  ~Stack() { munmap(base, bytes); }
+  ~Stack() {
+#ifdef FASTLN_SIMT_ASAN
+    // Fibers end inside a frame that never returns, whose redzones would
+    // stay poisoned for whatever is mapped here next.
+    __asan_unpoison_memory_region(bottom(), kStackBytes);
+#endif
+    munmap(base, bytes);
+  }
   Stack(const Stack&) = delete;
   Stack& operator=(const Stack&) = delete;
   char* top() const { return static_cast<char*>(base) + bytes; }
@@ -243,6 +250,7 @@ struct Thread {
   WarpOp op{};
   uint64_t result = 0;
   Site barrier_site;
+  uint32_t warp_syncs = 0;  // warp syncs (shuffles, __syncwarp) completed
   Context ctx;
   Block* block = nullptr;
   std::exception_ptr error;
@@ -259,6 +267,7 @@ struct Block {
   std::map<std::string, std::unique_ptr<SharedRegion>> regions;
   std::unique_ptr<SharedRegion> dynamic;
   int64_t static_bytes = 0;
+  uint32_t barriers = 0;  // __syncthreads completed by the block
   Context scheduler;
 #ifdef FASTLN_SIMT_ASAN
   void* scheduler_fake_stack = nullptr;
@@ -504,11 +513,19 @@ bool resolve_warps(Block& b) {
                       " or has exited (the value is undefined)");
         results[m] = ts[first + src].op.bits;
       }
+      // The lanes leave the sync with equal warp-sync counts, one past the
+      // largest, so that each is ordered after the others' earlier accesses.
+      uint32_t syncs = 0;
+      for (int m = 0; m < lanes; ++m)
+        if (((op.mask >> m) & 1u) != 0 &&
+            ts[first + m].state == State::kAtWarp)
+          syncs = std::max(syncs, ts[first + m].warp_syncs);
       for (int m = 0; m < lanes; ++m) {
         Thread& o = ts[first + m];
         if (((op.mask >> m) & 1u) == 0 || o.state != State::kAtWarp) continue;
         o.result = results[m];
         o.state = State::kRunnable;
+        o.warp_syncs = syncs + 1;
         progress = true;
       }
     }
@@ -554,6 +571,7 @@ bool resolve_barrier(Block& b) {
                   " while " + thread_str(*waiting) + " waits at " + here);
   }
   for (int i = 0; i < b.num_threads; ++i) ts[i].state = State::kRunnable;
+  ++b.barriers;
   return true;
 }
 
@@ -568,7 +586,7 @@ void run_block(const Launch& L, dim3 idx, Worker& w) {
   b.dynamic = std::make_unique<SharedRegion>();
   b.dynamic->name = "dynamic shared memory";
   b.dynamic->bytes.assign(static_cast<size_t>(L.dynamic_smem), 0xff);
-  b.dynamic->written.assign(static_cast<size_t>(L.dynamic_smem), 0);
+  b.dynamic->shadow.assign(static_cast<size_t>(L.dynamic_smem), ByteShadow{});
   t_block = &b;
   for (int i = 0; i < n; ++i) {
     Thread& t = w.threads[i];
@@ -870,40 +888,91 @@ uint64_t shuffle(ShflKind kind, unsigned mask, uint64_t bits, int size,
   return t->result;
 }
 
-void SharedRegion::read(int64_t offset, int64_t size, int64_t align,
-                        void* out) const {
-  if (offset < 0 || offset + size > static_cast<int64_t>(bytes.size()))
+namespace {
+
+void check_access(const SharedRegion& r, const char* what, int64_t offset,
+                  int64_t size, int64_t align) {
+  if (offset < 0 || offset + size > static_cast<int64_t>(r.bytes.size()))
     fail("shared memory out of bounds",
-         "read of " + std::to_string(size) + " bytes at byte " +
-             std::to_string(offset) + " of " + name + " (" +
-             std::to_string(bytes.size()) + " bytes)");
+         std::string(what) + " of " + std::to_string(size) + " bytes at byte " +
+             std::to_string(offset) + " of " + r.name + " (" +
+             std::to_string(r.bytes.size()) + " bytes)");
   if (offset % align != 0)
     fail("misaligned shared memory access",
-         "read of " + std::to_string(size) + " bytes at byte " +
-             std::to_string(offset) + " of " + name);
-  for (int64_t i = 0; i < size; ++i)
-    if (!written[offset + i])
+         std::string(what) + " of " + std::to_string(size) + " bytes at byte " +
+             std::to_string(offset) + " of " + r.name);
+}
+
+// Whether an earlier access is ordered before the running thread's: its
+// own, or one separated by a __syncthreads, or by a warp sync of the same
+// warp (the lanes of a warp sync leave it with equal counts, see
+// resolve_warps; partial masks make this an approximation).
+bool ordered(const ByteAccess& a, const Thread& t, uint32_t barriers) {
+  if (a.thread == -1 || a.thread == t.linear) return true;
+  if (barriers > a.barriers) return true;
+  return a.thread >= 0 && a.thread / kWarpSize == t.linear / kWarpSize &&
+         t.warp_syncs > a.warp_syncs;
+}
+
+[[noreturn]] void report_race(const SharedRegion& r, const char* what,
+                              int64_t offset, int64_t size, int64_t byte,
+                              const char* other_what, const ByteAccess& other,
+                              const Block& b) {
+  const std::vector<Thread>& ts = *b.threads;
+  const std::string by =
+      other.thread >= 0 ? thread_str(ts[other.thread]) : "several threads";
+  fail("shared memory race",
+       std::string(what) + " of " + std::to_string(size) + " bytes at byte " +
+           std::to_string(offset) + " of " + r.name + ": byte " +
+           std::to_string(byte) + " was " + other_what + " by " + by +
+           " with no __syncthreads (or warp sync) between the two");
+}
+
+}  // namespace
+
+void SharedRegion::read(int64_t offset, int64_t size, int64_t align,
+                        void* out) {
+  check_access(*this, "read", offset, size, align);
+  const Thread& t = *t_current;
+  const uint32_t barriers = t_block->barriers;
+  for (int64_t i = offset; i < offset + size; ++i) {
+    ByteShadow& s = shadow[i];
+    if (s.write.thread == -1)
       fail("uninitialized shared memory",
            "read of " + std::to_string(size) + " bytes at byte " +
-               std::to_string(offset) + " of " + name +
-               ": byte " + std::to_string(offset + i) +
-               " was not written in this block");
+               std::to_string(offset) + " of " + name + ": byte " +
+               std::to_string(i) + " was not written in this block");
+    if (!ordered(s.write, t, barriers))
+      report_race(*this, "read", offset, size, i, "written", s.write,
+                  *t_block);
+    // One reader is remembered exactly; several in one barrier interval
+    // collapse to "several", which only a __syncthreads orders.
+    ByteAccess& r = s.read;
+    if (r.thread == -1 || r.thread == t.linear || barriers > r.barriers ||
+        ordered(r, t, barriers))
+      r = {t.linear, barriers, t.warp_syncs};
+    else
+      r = {-2, barriers, 0};
+  }
   std::memcpy(out, bytes.data() + offset, size);
 }
 
 void SharedRegion::write(int64_t offset, int64_t size, int64_t align,
                          const void* in) {
-  if (offset < 0 || offset + size > static_cast<int64_t>(bytes.size()))
-    fail("shared memory out of bounds",
-         "write of " + std::to_string(size) + " bytes at byte " +
-             std::to_string(offset) + " of " + name + " (" +
-             std::to_string(bytes.size()) + " bytes)");
-  if (offset % align != 0)
-    fail("misaligned shared memory access",
-         "write of " + std::to_string(size) + " bytes at byte " +
-             std::to_string(offset) + " of " + name);
+  check_access(*this, "write", offset, size, align);
+  const Thread& t = *t_current;
+  const uint32_t barriers = t_block->barriers;
+  for (int64_t i = offset; i < offset + size; ++i) {
+    ByteShadow& s = shadow[i];
+    if (!ordered(s.write, t, barriers))
+      report_race(*this, "write", offset, size, i, "written", s.write,
+                  *t_block);
+    if (!ordered(s.read, t, barriers))
+      report_race(*this, "write", offset, size, i, "read", s.read, *t_block);
+    s.write = {t.linear, barriers, t.warp_syncs};
+    s.read = ByteAccess{};
+  }
   std::memcpy(bytes.data() + offset, in, size);
-  std::memset(written.data() + offset, 1, size);
 }
 
 SharedRegion* static_shared_region(const char* name, int64_t bytes,
@@ -923,7 +992,7 @@ SharedRegion* static_shared_region(const char* name, int64_t bytes,
   auto region = std::make_unique<SharedRegion>();
   region->name = std::string("__shared__ ") + name;
   region->bytes.assign(static_cast<size_t>(bytes), 0xff);
-  region->written.assign(static_cast<size_t>(bytes), 0);
+  region->shadow.assign(static_cast<size_t>(bytes), ByteShadow{});
   SharedRegion* r = region.get();
   b.regions.emplace(name, std::move(region));
   return r;

@@ -156,13 +156,26 @@ T shuffle_value(ShflKind kind, unsigned mask, T var, int lane_arg, int width,
 
 // Shared memory of the running block. A region is one __shared__ array (or
 // the dynamic shared memory); every access goes through SharedPtr/SharedRef,
-// which check bounds, alignment and (for reads) that each byte was written
-// in this block. Regions start poisoned (0xff bytes: NaN as float/double).
+// which check bounds, alignment, that each byte read was written in this
+// block, and that no two threads access a byte, one of them writing, without
+// a synchronization between them that orders the two (a data race: a
+// __syncthreads of the block, or for two lanes of one warp a shuffle or
+// __syncwarp they both took part in). Regions start poisoned (0xff bytes:
+// NaN as float/double).
+struct ByteAccess {
+  int32_t thread = -1;   // linear thread index; -1 none, -2 several readers
+  uint32_t barriers = 0;    // the block's __syncthreads count at the access
+  uint32_t warp_syncs = 0;  // the thread's warp-sync count at the access
+};
+struct ByteShadow {
+  ByteAccess write;
+  ByteAccess read;
+};
 struct SharedRegion {
   std::string name;
   std::vector<unsigned char> bytes;
-  std::vector<unsigned char> written;
-  void read(int64_t offset, int64_t size, int64_t align, void* out) const;
+  std::vector<ByteShadow> shadow;
+  void read(int64_t offset, int64_t size, int64_t align, void* out);
   void write(int64_t offset, int64_t size, int64_t align, const void* in);
 };
 
