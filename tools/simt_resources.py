@@ -48,7 +48,7 @@ def find_cuobjdump() -> str:
     if found:
         return found
     try:
-        import triton  # noqa: PLC0415
+        import triton
 
         bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
         if bundled.exists():
@@ -59,7 +59,8 @@ def find_cuobjdump() -> str:
 
 
 def short_name(demangled: str) -> str:
-    """'void fastln::cuda::(anonymous namespace)::k<float, 4>(float const*, ...)' -> 'k<float, 4>'."""
+    """The kernel's name as the SIMT runtime spells it:
+    'void fastln::cuda::(anonymous namespace)::k<float, 4>(float const*)' -> 'k<float, 4>'."""
     s = demangled.replace("(anonymous namespace)::", "")
     if s.startswith("void "):
         s = s[len("void ") :]
@@ -110,7 +111,8 @@ def table(so: str) -> str:
     ).stdout.splitlines()
     lines = sorted(
         {
-            f'FASTLN_SIMT_RESOURCES("{arch}", "{short_name(name)}", {reg}, {shared}, {stack}, {local})'
+            f'FASTLN_SIMT_RESOURCES("{arch}", "{short_name(name)}", '
+            f"{reg}, {shared}, {stack}, {local})"
             for (arch, _, reg, shared, stack, local), name in zip(rows, names)
         }
     )
