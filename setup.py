@@ -46,17 +46,24 @@ def load_build_module() -> ModuleType:
     return module
 
 
+# pip runs this file once for the metadata and once more for the build: the decision is
+# made every time (an error stops the first run, within seconds), but it is reported in
+# the run that builds, so that a build log holds it once.
+BUILD_COMMANDS = ("build", "build_ext", "bdist_wheel", "editable_wheel", "install", "develop")
+BUILDING = any(arg in BUILD_COMMANDS for arg in sys.argv[1:])
+
 _build = load_build_module()
 DECISION = _build.decide(os.environ, str(torch.__version__), torch.version.cuda)
 if DECISION.error:
     sys.exit(DECISION.message)
-if DECISION.message:
+if DECISION.message and BUILDING:
     print(f"\n{DECISION.message}\n", file=sys.stderr, flush=True)
 if DECISION.cuda:
     # torch.utils.cpp_extension reads CUDA_HOME once, when it is imported: set it first
     # so that its nvcc, -I and -L all come from the toolkit that passed the checks.
     os.environ["CUDA_HOME"] = DECISION.toolkit.home
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCH_LIST)
+if DECISION.cuda and BUILDING:
     print(
         f"fastln: building the CUDA kernels with nvcc {DECISION.toolkit.version} from "
         f"{DECISION.toolkit.home} (found through {DECISION.toolkit.source}) for "

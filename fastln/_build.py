@@ -225,7 +225,8 @@ def decide(
         "lib64/libcudart.so) and reinstall fastln"
     )
     if require:
-        return Decision(False, None, f"fastln: error: FASTLN_REQUIRE_CUDA=1, but {why}.", True, why)
+        msg = f"fastln: error: FASTLN_REQUIRE_CUDA=1 and the CUDA kernels cannot be built: {why}."
+        return Decision(False, None, msg, True, why)
     msg = (
         f"fastln: WARNING: building fastln WITHOUT its CUDA kernels (CPU only): {why}. "
         "FASTLN_REQUIRE_CUDA=1 makes this an error; FASTLN_FORCE_CPU=1 builds CPU-only "
