@@ -228,6 +228,11 @@ if sys.argv[1] != "real":
             cuda = any(s.endswith(".cu") for s in ext.sources)
             with_cuda = "FASTLN_WITH_CUDA" in dict(ext.define_macros)
             print(f"EXTENSION {ext.name} cuda_sources={cuda} with_cuda={with_cuda}")
+            # Where the compile and the link will look: torch puts them into the extension.
+            for d in ext.include_dirs:
+                print(f"INCLUDE_DIR {d}")
+            for d in ext.library_dirs:
+                print(f"LIBRARY_DIR {d}")
     setuptools.setup = fake_setup
 sys.argv = ["setup.py", "build_ext"]
 runpy.run_path(sys.argv[0], run_name="__main__")
@@ -277,6 +282,22 @@ def test_setup_usable_toolkit_builds_cuda_with_that_toolkit(tmp_path):
     assert "WARNING" not in done.stderr
     assert f"from {home} (found through CUDA_HOME" in done.stdout
     assert "EXTENSION fastln._C cuda_sources=True with_cuda=True" in done.stdout
+    assert f"INCLUDE_DIR {home}/include\n" in done.stdout
+    assert f"LIBRARY_DIR {home}/lib64\n" in done.stdout
+
+
+def test_setup_passes_the_toolkit_behind_an_nvcc_wrapper_to_the_build(tmp_path):
+    # The issue's machine: torch alone would derive CUDA_HOME=<wrapper dir>/.. and link
+    # with -L<wrapper dir>/../lib64, where there is no libcudart.
+    home = fake_toolkit(tmp_path / "cuda-13.0")
+    wrapper_dir = tmp_path / "local" / "bin"
+    write_script(wrapper_dir / "nvcc", f'exec {home}/bin/nvcc "$@"\n')
+    done, _ = run_setup(TORCH_CUDA, {"PATH": f"{wrapper_dir}:{os.environ['PATH']}"})
+    assert done.returncode == 0, done.stderr
+    assert "EXTENSION fastln._C cuda_sources=True with_cuda=True" in done.stdout
+    assert f"LIBRARY_DIR {home}/lib64\n" in done.stdout
+    assert f"INCLUDE_DIR {home}/include\n" in done.stdout
+    assert str(tmp_path / "local" / "lib64") not in done.stdout
 
 
 def test_real_setup_require_cuda_with_bogus_toolkit_fails_fast(tmp_path):
