@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Helpers shared by the lanes of .ci/run (sourced, from the repository root).
 
 # The fenced ```bash block after "<!-- NAME -->" in README.md: the README is the one
