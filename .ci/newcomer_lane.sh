@@ -15,6 +15,9 @@ test_command=$(readme_command test-command)
 
 work="$(mktemp -d -t fastln-newcomer.XXXXXX)"
 trap 'rm -rf "$work"' EXIT
+# A clone, as a newcomer gets it, with uncommitted work copied over it for a run by
+# hand (in CI the checkout is clean and the copy changes nothing).
+git clone -q "$(pwd)" "$work/fastln"
 copy_tree "$work/fastln"
 
 # Nothing a newcomer would not have: no CUDA or build variables of ours or torch's.
