@@ -17,8 +17,8 @@ work="$(mktemp -d -t fastln-newcomer.XXXXXX)"
 trap 'rm -rf "$work"' EXIT
 # A clone, as a newcomer gets it, with uncommitted work copied over it for a run by
 # hand (in CI the checkout is clean and the copy changes nothing).
-git clone -q "$(pwd)" "$work/fastln"
-copy_tree "$work/fastln"
+git clone -q "$(pwd)" "$work/src"
+copy_tree "$work/src"
 
 # Nothing a newcomer would not have: no CUDA or build variables of ours or torch's.
 unset CUDA_HOME CUDA_PATH CUDA_ROOT CUDA_TOOLKIT_ROOT_DIR CUDACXX TORCH_CUDA_ARCH_LIST \
@@ -32,7 +32,7 @@ if python -c "import torch" 2> /dev/null; then
   exit 1
 fi
 
-cd "$work/fastln"
+cd "$work/src"
 touch "$work/before-main"
 echo "+ $main_command"
 start=$SECONDS
@@ -59,16 +59,17 @@ for path in sys.argv[1:]:
     print(f"newcomer: benchmark results {path}: {len(ok)} fastln rows")
 PY
 
-python -m fastln
+# From outside the source folder, which would shadow the installed fastln.
+(cd "$work" && python -m fastln)
 # With a toolkit on this machine and a CUDA torch, a CPU-only build would mean the
 # discovery failed a newcomer (the README promises the CUDA kernels then).
 if command -v nvcc > /dev/null 2>&1 || [[ -x /usr/local/cuda/bin/nvcc ]]; then
-  python -c "
+  (cd "$work" && python -c "
 import torch, fastln
 if torch.version.cuda is not None and not fastln.cuda_built():
     raise SystemExit('newcomer: FAILED: nvcc is here and torch is a CUDA build, '
                      'but fastln was built CPU-only: ' + str(fastln.build_info()['NO_CUDA_REASON']))
-"
+")
 fi
 
 echo "+ $test_command"

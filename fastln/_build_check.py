@@ -8,6 +8,7 @@ and misbehaves), which says nothing about the cause or the fix.
 from __future__ import annotations
 
 import functools
+import glob
 import importlib.util
 import os
 import re
@@ -26,10 +27,19 @@ def _record() -> ModuleType:
     # editable install's finder maps fastln.* names to the source tree).
     path = os.path.join(PACKAGE_DIR, "_build_info.py")
     if not os.path.isfile(path):
+        shadowing = ""
+        if not glob.glob(os.path.join(PACKAGE_DIR, "_C*")):
+            # `pip install .` builds into site-packages and leaves the source folder
+            # unbuilt; run from the source directory, that folder shadows the install.
+            shadowing = (
+                " If fastln is installed (pip install .), this is its source folder "
+                "shadowing the installed copy: run from another directory, or install "
+                "with -e."
+            )
         raise ImportError(
             f"fastln is not built: {PACKAGE_DIR} has no _build_info.py, the record that "
             "setup.py writes next to the compiled fastln._C. Build it from the fastln source "
-            "directory with: python -m pip install --no-build-isolation ."
+            f"directory with: python -m pip install --no-build-isolation .{shadowing}"
         )
     spec = importlib.util.spec_from_file_location("fastln._build_info", path)
     assert spec is not None and spec.loader is not None, path
