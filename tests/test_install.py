@@ -402,3 +402,39 @@ def test_python_m_fastln_says_what_was_built():
 def test_arch_names():
     assert _build_check.arch_names("8.0;9.0+PTX") == "sm_80, sm_90, PTX compute_90"
     assert _build_check.arch_names("8.6 9.0") == "sm_86, sm_90"
+
+
+GPU_WARNING_PROBE = """\
+import sys, warnings
+import torch
+torch.cuda.is_available = lambda: sys.argv[1] == "gpu"
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import fastln
+print("WARNINGS", [str(w.message) for w in caught if "fastln" in str(w.message)])
+"""
+
+
+@pytest.mark.parametrize("gpu", [True, False])
+def test_cpu_only_build_under_cuda_torch_warns_at_import_when_a_gpu_is_there(tmp_path, gpu):
+    # pip hides the build's warning: a GPU user who got a CPU-only build hears it here.
+    pkg = copy_package(tmp_path)
+    record = pkg / "_build_info.py"
+    text = record.read_text()
+    for key in ("TORCH_CUDA", "CUDA", "NO_CUDA_REASON"):
+        text = "\n".join(line for line in text.splitlines() if not line.startswith(f"{key} = "))
+    record.write_text(text + "\nTORCH_CUDA = '13.0'\nCUDA = False\nNO_CUDA_REASON = 'no nvcc'\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    done = subprocess.run(
+        [sys.executable, "-c", GPU_WARNING_PROBE, "gpu" if gpu else "none"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    if gpu:
+        assert "built without its CUDA kernels" in done.stdout and "no nvcc" in done.stdout
+    else:
+        assert "WARNINGS []" in done.stdout
