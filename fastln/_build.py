@@ -119,8 +119,10 @@ def candidates(env: Mapping[str, str], standard: Sequence[str] | None = None) ->
     nvcc = shutil.which("nvcc", path=env.get("PATH", ""))
     if nvcc is not None:
         found.append(Candidate(nvcc_toolkit_root(nvcc), f"the nvcc on PATH ({nvcc})"))
+    # The standard locations are guesses: one that does not exist is no problem to report.
     for loc in standard_locations() if standard is None else standard:
-        found.append(Candidate(loc, f"the standard location {loc}"))
+        if os.path.isdir(loc):
+            found.append(Candidate(loc, f"the standard location {loc}"))
     unique: list[Candidate] = []
     seen: set[str] = set()
     for c in found:
@@ -184,7 +186,11 @@ def find_toolkit(
             return result
         problems.append(result)
     if not problems:
-        return "no CUDA toolkit found: CUDA_HOME and CUDA_PATH are unset and no nvcc is on PATH"
+        return (
+            "no CUDA toolkit found: CUDA_HOME and CUDA_PATH are unset, no nvcc is on PATH, "
+            f"and none of {', '.join(standard_locations() if standard is None else standard)} "
+            "exists"
+        )
     return "; ".join(problems)
 
 

@@ -188,8 +188,10 @@ def test_set_cuda_home_is_not_second_guessed(tmp_path):
 
 
 def test_no_toolkit_anywhere(tmp_path):
-    d = _build.decide(env_with(), TORCH_VERSION, TORCH_CUDA, standard=[])
+    absent = str(tmp_path / "cuda")
+    d = _build.decide(env_with(), TORCH_VERSION, TORCH_CUDA, standard=[absent])
     assert not d.cuda and "no CUDA toolkit found" in d.message and "CUDA_HOME" in d.message
+    assert f"none of {absent} exists" in d.message
 
 
 def test_cpu_torch_builds_cpu_only_without_warning(tmp_path):
