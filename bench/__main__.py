@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 import fastln
+from fastln._build_check import summary as build_summary
 
 from . import report
 from .bytemodel import bytes_moved, gb_per_s
@@ -326,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         f"fastln bench: {meta['device_name']} | torch {meta['torch']} (CUDA {meta['cuda']}) | "
         f"fastln cpu_isa={meta['cpu_isa']} | {meta['threads']} threads | commit {meta['commit']}"
     )
+    print(build_summary())
     print(
         f"level={args.level} modes={','.join(modes)} dtypes={','.join(c.name for c in configs)} "
         f"shapes={len(shapes)} implementations={', '.join(i.name for i in impls)}"

@@ -1,11 +1,39 @@
 """fastln: a drop-in torch.nn.LayerNorm with hand-written CUDA and C++ kernels."""
 
-from ._ops import cpu_isa, cuda_built
-from .functional import layer_norm
-from .modules import LayerNorm, replace_layernorm
+import warnings
+
+from ._build_check import build_info, check_torch
+
+# Before anything loads fastln._C: an extension built against another torch fails
+# there with an undefined-symbol error that names neither version nor the fix.
+check_torch()
+
+from ._ops import cpu_isa, cuda_built  # noqa: E402
+from .functional import layer_norm  # noqa: E402
+from .modules import LayerNorm, replace_layernorm  # noqa: E402
+
+
+def _warn_if_gpu_unused() -> None:
+    # pip hides the build's output, and so the build's warning, unless the build fails:
+    # a GPU user who got a CPU-only build hears of it here, the first time it matters.
+    info = build_info()
+    if info["CUDA"] or info["TORCH_CUDA"] is None or info["NO_CUDA_REASON"] == "FASTLN_FORCE_CPU=1":
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        warnings.warn(
+            "fastln was built without its CUDA kernels, so it cannot run on this GPU: "
+            f"{info['NO_CUDA_REASON']}",
+            stacklevel=2,
+        )
+
+
+_warn_if_gpu_unused()
 
 __all__ = [
     "LayerNorm",
+    "build_info",
     "cpu_isa",
     "cuda_built",
     "layer_norm",
