@@ -93,8 +93,8 @@ void check_shuffles() {
         warp_results([](int lane) { return __shfl_xor_sync(~0u, lane, 1); });
     for (int l = 0; l < 32; ++l)
       expect(r[l] == (l ^ 1), "__shfl_xor_sync lane " + std::to_string(l));
-    const auto g = warp_results(
-        [](int lane) { return __shfl_xor_sync(~0u, lane, 8, 8); });
+    const auto g =
+        warp_results([](int lane) { return __shfl_xor_sync(~0u, lane, 8, 8); });
     for (int l = 0; l < 32; ++l) {
       const int j = l ^ 8;
       expect(g[l] == (j / 8 > l / 8 ? l : j),
@@ -122,8 +122,8 @@ void check_shuffles() {
       return __shfl_sync(mask, lane, 0, 16);
     });
     for (int l = 0; l < 32; ++l)
-      expect(r[l] == (l < 16 ? 0 : 16), "half-warp masks lane " +
-                                            std::to_string(l));
+      expect(r[l] == (l < 16 ? 0 : 16),
+             "half-warp masks lane " + std::to_string(l));
   }
   // Lanes that have exited may be named in the mask ("all non-exited
   // threads named in mask must execute the same intrinsic").
@@ -133,8 +133,8 @@ void check_shuffles() {
       return __shfl_xor_sync(~0u, lane, 1);
     });
     for (int l = 0; l < 16; ++l)
-      expect(r[l] == (l ^ 1), "exited lanes in mask, lane " +
-                                  std::to_string(l));
+      expect(r[l] == (l ^ 1),
+             "exited lanes in mask, lane " + std::to_string(l));
   }
 }
 
@@ -150,7 +150,8 @@ void check_indices_and_shared() {
       [&] {
         const auto s = simt::static_shared<int>(64, "s");
         const int t = static_cast<int>(
-            threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z));
+            threadIdx.x +
+            blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z));
         const int b = static_cast<int>(
             blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z));
         s[t] = b * 1000 + t;
@@ -182,7 +183,8 @@ void check_indices_and_shared() {
 // kernel, a block and a thread.
 
 void expect_error(const std::string& check, const std::string& kernel,
-                  const std::function<void()>& launch, bool names_thread = true) {
+                  const std::function<void()>& launch,
+                  bool names_thread = true) {
   try {
     launch();
   } catch (const simt::Error& e) {
@@ -204,10 +206,13 @@ void expect_error(const std::string& check, const std::string& kernel,
 
 void check_checkers() {
   expect_error("shared memory out of bounds", "smem_oob_write", [] {
-    run("smem_oob_write", dim3(2), dim3(64), 0, [] {
-      const auto s = simt::static_shared<float>(64, "s");
-      s[threadIdx.x + 1] = 1.0f;  // one past the end for the last thread
-    }, 256);
+    run(
+        "smem_oob_write", dim3(2), dim3(64), 0,
+        [] {
+          const auto s = simt::static_shared<float>(64, "s");
+          s[threadIdx.x + 1] = 1.0f;  // one past the end for the last thread
+        },
+        256);
   });
   expect_error("shared memory out of bounds", "smem_oob_read", [] {
     run("smem_oob_read", dim3(1), dim3(32), 128, [] {
@@ -219,13 +224,16 @@ void check_checkers() {
     });
   });
   expect_error("uninitialized shared memory", "smem_uninit_read", [] {
-    run("smem_uninit_read", dim3(1), dim3(32), 0, [] {
-      const auto s = simt::static_shared<int>(32, "s");
-      if (threadIdx.x < 31) s[threadIdx.x] = 1;  // s[31] never written
-      __syncthreads();
-      volatile int v = s[31];
-      (void)v;
-    }, 128);
+    run(
+        "smem_uninit_read", dim3(1), dim3(32), 0,
+        [] {
+          const auto s = simt::static_shared<int>(32, "s");
+          if (threadIdx.x < 31) s[threadIdx.x] = 1;  // s[31] never written
+          __syncthreads();
+          volatile int v = s[31];
+          (void)v;
+        },
+        128);
   });
   expect_error("misaligned shared memory access", "smem_misaligned", [] {
     run("smem_misaligned", dim3(1), dim3(32), 64, [] {
@@ -236,42 +244,54 @@ void check_checkers() {
     });
   });
   expect_error("shared memory race", "smem_race_write_after_read", [] {
-    run("smem_race_write_after_read", dim3(1), dim3(64), 0, [] {
-      const auto s = simt::static_shared<int>(64, "s");
-      const int t = static_cast<int>(threadIdx.x);
-      s[t] = t;
-      __syncthreads();
-      s[t] = 2 * t;  // thread 1 overwrites s[1] after thread 0 read it
-      volatile int v = s[(t + 1) % 64];
-      (void)v;
-    }, 256);
+    run(
+        "smem_race_write_after_read", dim3(1), dim3(64), 0,
+        [] {
+          const auto s = simt::static_shared<int>(64, "s");
+          const int t = static_cast<int>(threadIdx.x);
+          s[t] = t;
+          __syncthreads();
+          s[t] = 2 * t;  // thread 1 overwrites s[1] after thread 0 read it
+          volatile int v = s[(t + 1) % 64];
+          (void)v;
+        },
+        256);
   });
   expect_error("shared memory race", "smem_race_read_after_write", [] {
-    run("smem_race_read_after_write", dim3(1), dim3(64), 0, [] {
-      const auto s = simt::static_shared<int>(1, "s");
-      if (threadIdx.x == 0) s[0] = 1;
-      __syncthreads();
-      if (threadIdx.x == 1) s[0] = 2;  // the barrier between is missing
-      if (threadIdx.x == 2) {
-        volatile int v = s[0];
-        (void)v;
-      }
-    }, 16);
+    run(
+        "smem_race_read_after_write", dim3(1), dim3(64), 0,
+        [] {
+          const auto s = simt::static_shared<int>(1, "s");
+          if (threadIdx.x == 0) s[0] = 1;
+          __syncthreads();
+          if (threadIdx.x == 1) s[0] = 2;  // the barrier between is missing
+          if (threadIdx.x == 2) {
+            volatile int v = s[0];
+            (void)v;
+          }
+        },
+        16);
   });
   expect_error("shared memory race", "smem_race_two_writers", [] {
-    run("smem_race_two_writers", dim3(1), dim3(64), 0, [] {
-      const auto s = simt::static_shared<int>(1, "s");
-      s[0] = static_cast<int>(threadIdx.x);
-    }, 16);
+    run(
+        "smem_race_two_writers", dim3(1), dim3(64), 0,
+        [] {
+          const auto s = simt::static_shared<int>(1, "s");
+          s[0] = static_cast<int>(threadIdx.x);
+        },
+        16);
   });
   // A warp sync orders the accesses of its lanes: no race here.
-  run("warp_ordered", dim3(1), dim3(32), 0, [] {
-    const auto s = simt::static_shared<int>(32, "s");
-    s[threadIdx.x] = static_cast<int>(threadIdx.x);
-    __syncwarp();
-    volatile int v = s[(threadIdx.x + 1) % 32];
-    (void)v;
-  }, 128);
+  run(
+      "warp_ordered", dim3(1), dim3(32), 0,
+      [] {
+        const auto s = simt::static_shared<int>(32, "s");
+        s[threadIdx.x] = static_cast<int>(threadIdx.x);
+        __syncwarp();
+        volatile int v = s[(threadIdx.x + 1) % 32];
+        (void)v;
+      },
+      128);
   expect_error("divergent __syncthreads", "barrier_some_threads", [] {
     run("barrier_some_threads", dim3(1), dim3(64), 0, [] {
       if (threadIdx.x < 48) __syncthreads();  // the rest return
@@ -358,16 +378,19 @@ void check_order_dependence() {
   auto fixed = [](uint64_t seed) {
     simt::configure("h100", seed);
     int out = -1;
-    run("fixed", dim3(1), dim3(64), 0, [&] {
-      const auto s = simt::static_shared<int>(64, "s");
-      s[threadIdx.x] = static_cast<int>(threadIdx.x);
-      __syncthreads();
-      if (threadIdx.x == 0) {
-        int t = 0;
-        for (int i = 0; i < 64; ++i) t = t * 3 + s[i];
-        out = t;
-      }
-    }, 256);
+    run(
+        "fixed", dim3(1), dim3(64), 0,
+        [&] {
+          const auto s = simt::static_shared<int>(64, "s");
+          s[threadIdx.x] = static_cast<int>(threadIdx.x);
+          __syncthreads();
+          if (threadIdx.x == 0) {
+            int t = 0;
+            for (int i = 0; i < 64; ++i) t = t * 3 + s[i];
+            out = t;
+          }
+        },
+        256);
     return out;
   };
   bool racy_differs = false;

@@ -135,7 +135,10 @@ int64_t max_active_blocks_per_sm(int block_threads, size_t dynamic_smem) {
 template <auto K, typename... Args>
 void launch_kernel(dim3 grid, dim3 block, size_t dynamic_smem, Stream stream,
                    const Args&... args) {
+  // A .h file is formatted as C++, which would split the >>>.
+  // clang-format off
   K<<<grid, block, dynamic_smem, stream>>>(args...);
+  // clang-format on
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

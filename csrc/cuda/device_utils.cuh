@@ -220,7 +220,7 @@ __device__ __forceinline__ State group_allreduce(State s, int width) {
 // first barrier, which every thread reaches after reading the result.
 template <typename State>
 __device__ __forceinline__ State block_allreduce(State s,
-                                                smem_ptr<State> scratch) {
+                                                 smem_ptr<State> scratch) {
   const int lane = threadIdx.x % kWarpSize;
   const int warp = threadIdx.x / kWarpSize;
   const int num_warps = blockDim.x / kWarpSize;

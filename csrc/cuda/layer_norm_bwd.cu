@@ -119,9 +119,10 @@ void launch_bwd_loop(const BwdArgs<T, W, acc_t>& a, const RowPlan& plan,
   at::Tensor partial;
   acc_t* partial_ptr = nullptr;
   if (want_params) {
-    grid = backward_blocks(a.M, resident_blocks<kernel>(plan.block_threads, smem),
-                           sm_count(), a.N, static_cast<int>(sizeof(acc_t)),
-                           /*loop_kernel=*/true);
+    grid =
+        backward_blocks(a.M, resident_blocks<kernel>(plan.block_threads, smem),
+                        sm_count(), a.N, static_cast<int>(sizeof(acc_t)),
+                        /*loop_kernel=*/true);
     partial = allocate_partials(a, grid);
     partial_ptr = partial.mutable_data_ptr<acc_t>();
   }

@@ -61,10 +61,9 @@ void launch_fwd_loop(const FwdArgs<T, W, acc_t>& a, const RowPlan& plan,
   const int smem = cache_row ? static_cast<int>(row_bytes) : 0;
   if (smem > max_dynamic_smem<kernel>()) set_max_dynamic_smem<kernel>(smem);
   const int64_t grid = std::min(a.M, kMaxGrid);
-  launch_kernel<kernel>(dim3(static_cast<unsigned>(grid)),
-                        dim3(plan.block_threads), smem, stream, a.x, a.weight,
-                        a.bias, a.y, a.mean, a.rstd, a.M, a.N, a.eps,
-                        cache_row);
+  launch_kernel<kernel>(
+      dim3(static_cast<unsigned>(grid)), dim3(plan.block_threads), smem, stream,
+      a.x, a.weight, a.bias, a.y, a.mean, a.rstd, a.M, a.N, a.eps, cache_row);
 }
 
 template <typename T, typename W, typename acc_t, int kVec>

@@ -1,3 +1,3 @@
-// The SIMT build of csrc/cuda/layer_norm_cuda.cu: the same source, compiled by the
-// host C++ compiler with FASTLN_SIMT defined (see csrc/cuda/backend.h).
+// The SIMT build of csrc/cuda/layer_norm_cuda.cu: the same source, compiled by
+// the host C++ compiler with FASTLN_SIMT defined (see csrc/cuda/backend.h).
 #include "../cuda/layer_norm_cuda.cu"

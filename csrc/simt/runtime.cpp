@@ -1,7 +1,5 @@
 // The SIMT runtime (see simt.h): fibers, the block scheduler, the
 // synchronization semantics, the checkers and the emulated devices.
-#include "simt.h"
-
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -14,6 +12,8 @@
 #include <mutex>
 #include <sstream>
 #include <thread>
+
+#include "simt.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define FASTLN_SIMT_ASAN 1
@@ -34,10 +34,12 @@ namespace {
 // (sm_90) and A100 (sm_80). 227 KB / 163 KB is the opt-in shared memory per
 // block, 228 KB / 164 KB the shared memory per SM, of which the driver keeps
 // 1 KB per resident block.
-const DeviceDesc kH100{"h100", "sm_90", 132,  48 * 1024, 227 * 1024,
-                       228 * 1024, 1024, 65536, 65536, 2048, 32, 1024, 1024};
-const DeviceDesc kA100{"a100", "sm_80", 108,  48 * 1024, 163 * 1024,
-                       164 * 1024, 1024, 65536, 65536, 2048, 32, 1024, 0};
+const DeviceDesc kH100{"h100",     "sm_90", 132,   48 * 1024, 227 * 1024,
+                       228 * 1024, 1024,    65536, 65536,     2048,
+                       32,         1024,    1024};
+const DeviceDesc kA100{"a100",     "sm_80", 108,   48 * 1024, 163 * 1024,
+                       164 * 1024, 1024,    65536, 65536,     2048,
+                       32,         1024,    0};
 
 std::mutex g_config_mutex;
 const DeviceDesc* g_device = &kH100;
@@ -170,12 +172,12 @@ void make_context(Context& ctx, const Stack& stack, void (*entry)(void*),
   asm volatile("fnstcw %0" : "=m"(fpcw));
   sp[0] = fpcw;
   sp[1] = mxcsr;
-  sp[2] = 0;                                   // r15
-  sp[3] = 0;                                   // r14
-  sp[4] = reinterpret_cast<uint64_t>(arg);     // r13
-  sp[5] = reinterpret_cast<uint64_t>(entry);   // r12
-  sp[6] = 0;                                   // rbx
-  sp[7] = 0;                                   // rbp
+  sp[2] = 0;                                  // r15
+  sp[3] = 0;                                  // r14
+  sp[4] = reinterpret_cast<uint64_t>(arg);    // r13
+  sp[5] = reinterpret_cast<uint64_t>(entry);  // r12
+  sp[6] = 0;                                  // rbx
+  sp[7] = 0;                                  // rbp
   sp[8] = reinterpret_cast<uint64_t>(&fastln_simt_trampoline);
   ctx.sp = sp;
 }
@@ -194,8 +196,7 @@ void ucontext_entry() { fiber_entry(t_entry_arg); }
 
 // makecontext passes only int arguments: the thread comes through
 // t_entry_arg, which the scheduler sets before each first switch.
-void make_context(Context& ctx, const Stack& stack, void (*)(void*),
-                  void*) {
+void make_context(Context& ctx, const Stack& stack, void (*)(void*), void*) {
 #ifdef FASTLN_SIMT_ASAN
   __asan_unpoison_memory_region(stack.bottom(), kStackBytes);
 #endif
@@ -417,9 +418,11 @@ int shuffle_source(const WarpOp& op, int lane) {
 }
 
 bool same_op(const WarpOp& a, const WarpOp& b) {
-  return a.kind == b.kind && (a.kind == WarpOpKind::kSyncWarp ||
-                              (a.shfl == b.shfl && a.size == b.size)) &&
-         a.site.line == b.site.line && std::strcmp(a.site.file, b.site.file) == 0;
+  return a.kind == b.kind &&
+         (a.kind == WarpOpKind::kSyncWarp ||
+          (a.shfl == b.shfl && a.size == b.size)) &&
+         a.site.line == b.site.line &&
+         std::strcmp(a.site.file, b.site.file) == 0;
 }
 
 // Checks every waiting warp operation against the lanes its mask names:
@@ -464,9 +467,8 @@ void check_warp_ops(Block& b) {
         if (op.kind == WarpOpKind::kShuffle && o.op.width != op.width)
           fail_at(b, &t, "shuffle width",
                   here + " with width " + std::to_string(op.width) +
-                      ", but lane " + std::to_string(m) + " (" +
-                      thread_str(o) + ") uses width " +
-                      std::to_string(o.op.width));
+                      ", but lane " + std::to_string(m) + " (" + thread_str(o) +
+                      ") uses width " + std::to_string(o.op.width));
       }
     }
   }
@@ -517,8 +519,7 @@ bool resolve_warps(Block& b) {
       // largest, so that each is ordered after the others' earlier accesses.
       uint32_t syncs = 0;
       for (int m = 0; m < lanes; ++m)
-        if (((op.mask >> m) & 1u) != 0 &&
-            ts[first + m].state == State::kAtWarp)
+        if (((op.mask >> m) & 1u) != 0 && ts[first + m].state == State::kAtWarp)
           syncs = std::max(syncs, ts[first + m].warp_syncs);
       for (int m = 0; m < lanes; ++m) {
         Thread& o = ts[first + m];
@@ -596,16 +597,16 @@ void run_block(const Launch& L, dim3 idx, Worker& w) {
     t.view.block_idx = idx;
     t.view.block_dim = L.block;
     t.view.grid_dim = L.grid;
-    t.view.thread_idx =
-        dim3(i % L.block.x, (i / L.block.x) % L.block.y,
-             i / (L.block.x * L.block.y));
+    t.view.thread_idx = dim3(i % L.block.x, (i / L.block.x) % L.block.y,
+                             i / (L.block.x * L.block.y));
     make_context(t.ctx, *w.stacks[i], &fiber_entry, &t);
   }
   // The order of each round: a permutation drawn from the seed and the
   // block, so a block's schedule does not depend on which OS thread runs it.
-  uint64_t rng = L.seed ^ (0x632be59bd9b4e019ull *
-                           (1 + idx.x + uint64_t{L.grid.x} *
-                                            (idx.y + uint64_t{L.grid.y} * idx.z)));
+  uint64_t rng =
+      L.seed ^
+      (0x632be59bd9b4e019ull *
+       (1 + idx.x + uint64_t{L.grid.x} * (idx.y + uint64_t{L.grid.y} * idx.z)));
   std::vector<int> order(n);
   while (true) {
     order.clear();
@@ -626,8 +627,7 @@ void run_block(const Launch& L, dim3 idx, Worker& w) {
 #endif
       switch_context(b.scheduler, t.ctx);
 #ifdef FASTLN_SIMT_ASAN
-      __sanitizer_finish_switch_fiber(b.scheduler_fake_stack, nullptr,
-                                      nullptr);
+      __sanitizer_finish_switch_fiber(b.scheduler_fake_stack, nullptr, nullptr);
 #endif
       t_current = nullptr;
       if (t.error) std::rethrow_exception(t.error);
@@ -733,8 +733,8 @@ void set_max_dynamic_smem(const std::string& kernel, int64_t bytes) {
   const KernelResources r = kernel_resources(kernel);
   // cudaFuncSetAttribute fails with cudaErrorInvalidValue above the opt-in.
   if (bytes < 0 || bytes + r.static_smem > g_device->smem_per_block_optin)
-    throw Error("fastln simt: cudaFuncSetAttribute: kernel " + kernel +
-                ": " + std::to_string(bytes) +
+    throw Error("fastln simt: cudaFuncSetAttribute: kernel " + kernel + ": " +
+                std::to_string(bytes) +
                 " bytes of dynamic shared memory exceed the opt-in limit of " +
                 g_device->name);
   std::lock_guard<std::mutex> lock(g_config_mutex);
@@ -811,8 +811,15 @@ void launch(const std::string& kernel, dim3 grid, dim3 block,
     g_launches.push_back({kernel, grid, block, dynamic_smem});
   }
 
-  Launch L{kernel, grid, block, dynamic_smem, &body, g_seed,
-           d.smem_per_block, d.smem_per_block_optin, res.static_smem};
+  Launch L{kernel,
+           grid,
+           block,
+           dynamic_smem,
+           &body,
+           g_seed,
+           d.smem_per_block,
+           d.smem_per_block_optin,
+           res.static_smem};
   const int64_t blocks = int64_t{grid.x} * grid.y * grid.z;
   // Blocks are independent: share them between a few OS threads.
   const int64_t workers = std::max<int64_t>(
@@ -872,8 +879,9 @@ void syncthreads(const char* file, int line) {
 
 void syncwarp(unsigned mask, const char* file, int line) {
   Thread* t = t_current;
-  t->op = WarpOp{WarpOpKind::kSyncWarp, ShflKind::kIdx, mask, kWarpSize, 0, 0,
-                 0, {file, line}};
+  t->op =
+      WarpOp{WarpOpKind::kSyncWarp, ShflKind::kIdx, mask, kWarpSize, 0, 0, 0,
+             {file, line}};
   t->state = State::kAtWarp;
   yield_to_scheduler();
 }
@@ -881,8 +889,8 @@ void syncwarp(unsigned mask, const char* file, int line) {
 uint64_t shuffle(ShflKind kind, unsigned mask, uint64_t bits, int size,
                  int lane_arg, int width, const char* file, int line) {
   Thread* t = t_current;
-  t->op = WarpOp{WarpOpKind::kShuffle, kind, mask, width, size, lane_arg,
-                 bits, {file, line}};
+  t->op = WarpOp{WarpOpKind::kShuffle, kind, mask, width, size, lane_arg, bits,
+                 {file, line}};
   t->state = State::kAtWarp;
   yield_to_scheduler();
   return t->result;
@@ -943,8 +951,7 @@ void SharedRegion::read(int64_t offset, int64_t size, int64_t align,
                std::to_string(offset) + " of " + name + ": byte " +
                std::to_string(i) + " was not written in this block");
     if (!ordered(s.write, t, barriers))
-      report_race(*this, "read", offset, size, i, "written", s.write,
-                  *t_block);
+      report_race(*this, "read", offset, size, i, "written", s.write, *t_block);
     // One reader is remembered exactly; several in one barrier interval
     // collapse to "several", which only a __syncthreads orders.
     ByteAccess& r = s.read;
@@ -983,12 +990,13 @@ SharedRegion* static_shared_region(const char* name, int64_t bytes,
   // Static shared memory as nvcc lays it out: each array aligned.
   b.static_bytes = round_up(b.static_bytes, align) + bytes;
   if (b.static_bytes > b.launch->static_smem_limit)
-    fail("shared memory limit",
-         "static shared memory of " + std::to_string(b.static_bytes) +
-             " bytes exceeds 48 KB");
+    fail("shared memory limit", "static shared memory of " +
+                                    std::to_string(b.static_bytes) +
+                                    " bytes exceeds 48 KB");
   if (b.static_bytes + b.launch->dynamic_smem > b.launch->total_smem_limit)
-    fail("shared memory limit", "static plus dynamic shared memory exceeds "
-                                "the device's opt-in limit");
+    fail("shared memory limit",
+         "static plus dynamic shared memory exceeds "
+         "the device's opt-in limit");
   auto region = std::make_unique<SharedRegion>();
   region->name = std::string("__shared__ ") + name;
   region->bytes.assign(static_cast<size_t>(bytes), 0xff);

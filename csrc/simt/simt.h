@@ -163,7 +163,7 @@ T shuffle_value(ShflKind kind, unsigned mask, T var, int lane_arg, int width,
 // __syncwarp they both took part in). Regions start poisoned (0xff bytes:
 // NaN as float/double).
 struct ByteAccess {
-  int32_t thread = -1;   // linear thread index; -1 none, -2 several readers
+  int32_t thread = -1;      // linear thread index; -1 none, -2 several readers
   uint32_t barriers = 0;    // the block's __syncthreads count at the access
   uint32_t warp_syncs = 0;  // the thread's warp-sync count at the access
 };
