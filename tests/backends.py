@@ -38,7 +38,7 @@ class _SimtLayerNorm(torch.autograd.Function):
     for CPU tensors)."""
 
     @staticmethod
-    def forward(ctx, x, normalized_shape, weight, bias, eps):  # noqa: ANN001, ANN205
+    def forward(ctx, x, normalized_shape, weight, bias, eps):
         out, mean, rstd = torch.ops.fastln_simt.layer_norm_fwd(
             x, list(normalized_shape), weight, bias, eps
         )
@@ -47,7 +47,7 @@ class _SimtLayerNorm(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
+    def backward(ctx, grad):
         x, mean, rstd, weight, bias = ctx.saved_tensors
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3]]
         dx, dw, db = torch.ops.fastln_simt.layer_norm_bwd(
