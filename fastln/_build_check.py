@@ -94,6 +94,15 @@ def arch_names(arch_list: str) -> str:
     return ", ".join(names)
 
 
+def simt_state() -> str:
+    """Whether fastln._simt (the CUDA kernels run on the CPU) was built."""
+    import importlib.util
+
+    if importlib.util.find_spec("fastln._simt") is None:
+        return "not built (FASTLN_SIMT=1 builds fastln._simt)"
+    return "built (fastln._simt: torch.ops.fastln_simt runs the CUDA kernels on the CPU)"
+
+
 def describe() -> list[str]:
     """What ``python -m fastln`` prints: the build, and what this process runs with."""
     import torch
@@ -115,6 +124,7 @@ def describe() -> list[str]:
     else:
         lines.append(f"CUDA kernels: no ({info['NO_CUDA_REASON']})")
     lines.append(f"CPU kernels: {fastln.cpu_isa()} (FASTLN_CPU_ISA=base forces the portable ones)")
+    lines.append(f"SIMT backend: {simt_state()}")
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none visible"
     lines.append(f"GPU: {gpu}")
     return lines

@@ -325,6 +325,17 @@ def test_build_record_describes_this_build():
     assert (info["NO_CUDA_REASON"] is None) == info["CUDA"]
 
 
+def test_describe_says_whether_the_simt_backend_was_built():
+    try:
+        import fastln._simt  # noqa: F401
+
+        built = True
+    except ImportError:
+        built = False
+    line = next(x for x in _build_check.describe() if x.startswith("SIMT backend: "))
+    assert line.startswith("SIMT backend: built" if built else "SIMT backend: not built"), line
+
+
 def test_check_torch_refuses_another_torch():
     built = fastln.build_info()["TORCH_VERSION"]
     _build_check.check_torch(built)
