@@ -1,4 +1,5 @@
-// Backward kernels of the fastln CUDA backend and their launcher.
+// The backward of the fastln CUDA backend: its launchers (the kernels are in
+// layer_norm_bwd_kernels.cuh; the SIMT build compiles this file too).
 //
 // With xhat = (x - mean) * rstd and g = dy * weight (g = dy without weight):
 //   dx      = rstd * (g - mean(g) - xhat * mean(g * xhat))   (per row)

@@ -1,4 +1,5 @@
-// Forward kernels of the fastln CUDA backend and their launcher.
+// The forward of the fastln CUDA backend: its launchers (the kernels are in
+// layer_norm_fwd_kernels.cuh; the SIMT build compiles this file too).
 //
 // y = (x - mean) * rstd * weight + bias over rows of N elements, with the
 // row's mean and rstd = 1 / sqrt(var + eps) (biased variance) computed in
