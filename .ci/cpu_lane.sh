@@ -19,3 +19,10 @@ python -c "import torch; assert torch.version.cuda is None, torch.__version__; p
 echo "+ $test_command"
 bash -euo pipefail -c "$test_command"
 python -m fastln
+
+# The portable CPU kernels (what a processor without AVX2/FMA/F16C runs) through
+# the parity, edge-case, accuracy and seed tests too: the default run above takes
+# the AVX2 copy on this machine.
+base_tests=(tests/test_parity.py tests/test_edge.py tests/test_accuracy.py tests/test_seeds.py)
+echo "+ FASTLN_CPU_ISA=base python -m pytest -q ${base_tests[*]}"
+FASTLN_CPU_ISA=base python -m pytest -q "${base_tests[@]}"

@@ -2,8 +2,12 @@
 // against slow reference conversions written from the IEEE definitions:
 // every half and bfloat16 value, and float -> half/bfloat16 rounding on
 // every halfway point, its neighbours and a stride through all float bit
-// patterns. Plain C++ (the storage types are stand-ins), run by
-// tests/test_cpu_convert.py. Prints "ok" on success.
+// patterns. Then the vector conversions (load_vec, store_vec, store_vec2)
+// of the baseline copy and, when the processor has them, of the AVX2 + F16C
+// copy (F16C instructions for half) against those scalar ones on the same
+// values. Plain C++ (the storage types are stand-ins), run by
+// tests/test_cpu_convert.py. Prints "ok" on success, after "f16c: checked"
+// or "f16c: not supported".
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -24,6 +28,30 @@ struct BFloat16 {
 
 #define FASTLN_VEC_BYTES 16
 #include "cpu/kernels.h"
+#undef FASTLN_VEC_BYTES
+
+// The two copies of the vector code, as csrc/cpu/layer_norm_cpu.cpp builds
+// them.
+namespace isa_base {
+#define FASTLN_VEC_BYTES 16
+#include "cpu/kernels.h"
+#undef FASTLN_VEC_BYTES
+}  // namespace isa_base
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define HAVE_AVX2_COPY 1
+#include <immintrin.h>
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+namespace isa_avx2 {
+#define FASTLN_VEC_BYTES 32
+#define FASTLN_AVX2_INTRINSICS 1
+#include "cpu/kernels.h"
+#undef FASTLN_AVX2_INTRINSICS
+#undef FASTLN_VEC_BYTES
+}  // namespace isa_avx2
+#pragma GCC pop_options
+#endif
 
 namespace {
 
@@ -104,6 +132,76 @@ void check_float_to_16(float f) {
   if (!b_ok) fail("float_to_bfloat16", bits, b.x, want_b);
 }
 
+// Loads `values` (16-bit storage) and stores `floats` through one copy's
+// vector conversions, W at a time, and compares each element with the scalar
+// conversion (any NaN for a NaN).
+#define DEFINE_VECTOR_CHECK(NS, TARGET)                                    \
+  TARGET void check_vectors_##NS(const std::vector<uint16_t>& values,      \
+                                 const std::vector<float>& floats) {       \
+    constexpr int64_t W = NS::Simd<float>::kWidth;                         \
+    using vec = NS::Simd<float>::vec;                                      \
+    for (size_t i = 0; i + W <= values.size(); i += W) {                   \
+      const vec h = NS::load_vec<float>(                                   \
+          reinterpret_cast<const c10::Half*>(values.data() + i));          \
+      const vec b = NS::load_vec<float>(                                   \
+          reinterpret_cast<const c10::BFloat16*>(values.data() + i));      \
+      for (int64_t k = 0; k < W; ++k) {                                    \
+        const c10::Half hs{values[i + k]};                                 \
+        const c10::BFloat16 bs{values[i + k]};                             \
+        const float want_h = load_as_acc<float>(&hs, 0);                   \
+        const float want_b = load_as_acc<float>(&bs, 0);                   \
+        if (!(h[k] == want_h || (std::isnan(h[k]) && std::isnan(want_h)))) \
+          fail(#NS " load_vec half", values[i + k], 0, 0);                 \
+        if (!(b[k] == want_b || (std::isnan(b[k]) && std::isnan(want_b)))) \
+          fail(#NS " load_vec bfloat16", values[i + k], 0, 0);             \
+      }                                                                    \
+    }                                                                      \
+    for (size_t i = 0; i + 2 * W <= floats.size(); i += 2 * W) {           \
+      vec v0, v1;                                                          \
+      std::memcpy(&v0, floats.data() + i, sizeof(v0));                     \
+      std::memcpy(&v1, floats.data() + i + W, sizeof(v1));                 \
+      c10::Half h1[2 * W], h2[2 * W];                                      \
+      c10::BFloat16 b1[2 * W], b2[2 * W];                                  \
+      NS::store_vec<c10::Half, float>(h1, v0);                             \
+      NS::store_vec<c10::Half, float>(h1 + W, v1);                         \
+      NS::store_vec2<c10::Half, float>(h2, v0, v1);                        \
+      NS::store_vec<c10::BFloat16, float>(b1, v0);                         \
+      NS::store_vec<c10::BFloat16, float>(b1 + W, v1);                     \
+      NS::store_vec2<c10::BFloat16, float>(b2, v0, v1);                    \
+      for (int64_t k = 0; k < 2 * W; ++k) {                                \
+        const float f = floats[i + k];                                     \
+        uint32_t bits;                                                     \
+        std::memcpy(&bits, &f, 4);                                         \
+        c10::Half hs;                                                      \
+        c10::BFloat16 bs;                                                  \
+        store_from_acc(&hs, 0, f);                                         \
+        store_from_acc(&bs, 0, f);                                         \
+        const bool nan = std::isnan(f);                                    \
+        const auto half_ok = [&](uint16_t got) {                           \
+          return nan ? ((got & 0x7C00) == 0x7C00 && (got & 1023))          \
+                     : got == hs.x;                                        \
+        };                                                                 \
+        const auto bf16_ok = [&](uint16_t got) {                           \
+          return nan ? ((got & 0x7F80) == 0x7F80 && (got & 0x7F))          \
+                     : got == bs.x;                                        \
+        };                                                                 \
+        if (!half_ok(h1[k].x))                                             \
+          fail(#NS " store_vec half", bits, h1[k].x, hs.x);                \
+        if (!half_ok(h2[k].x))                                             \
+          fail(#NS " store_vec2 half", bits, h2[k].x, hs.x);               \
+        if (!bf16_ok(b1[k].x))                                             \
+          fail(#NS " store_vec bfloat16", bits, b1[k].x, bs.x);            \
+        if (!bf16_ok(b2[k].x))                                             \
+          fail(#NS " store_vec2 bfloat16", bits, b2[k].x, bs.x);           \
+      }                                                                    \
+    }                                                                      \
+  }
+
+DEFINE_VECTOR_CHECK(isa_base, )
+#ifdef HAVE_AVX2_COPY
+DEFINE_VECTOR_CHECK(isa_avx2, __attribute__((target("avx2,fma,f16c"))))
+#endif
+
 }  // namespace
 
 int main() {
@@ -148,6 +246,40 @@ int main() {
   for (const float f : {0.0f, -0.0f, INFINITY, -INFINITY, NAN, 65504.0f,
                         65519.99f, 65520.0f, 1e-8f, 2.98e-8f, 5.96e-8f})
     check_float_to_16(f);
+  // The vector conversions on every 16-bit pattern and on the same floats
+  // as above (halfway points, their neighbours, a stride through all bits).
+  std::vector<uint16_t> all16(65536);
+  for (uint32_t v = 0; v < 65536; ++v) all16[v] = static_cast<uint16_t>(v);
+  std::vector<float> floats;
+  for (uint32_t v = 0; v < 0x7C00; ++v) {
+    const double lo = half_value(static_cast<uint16_t>(v));
+    const double hi =
+        v + 1 < 0x7C00 ? half_value(static_cast<uint16_t>(v + 1)) : 65536.0;
+    const float mid = static_cast<float>((lo + hi) / 2);
+    for (const float f :
+         {mid, std::nextafter(mid, 0.0f), std::nextafter(mid, INFINITY)})
+      for (const float s : {f, -f}) floats.push_back(s);
+  }
+  for (uint64_t bits = 0; bits <= 0xFFFFFFFFull; bits += 4093) {
+    float f;
+    const uint32_t b32 = static_cast<uint32_t>(bits);
+    std::memcpy(&f, &b32, 4);
+    floats.push_back(f);
+  }
+  while (floats.size() % 16) floats.push_back(0.0f);
+  check_vectors_isa_base(all16, floats);
+#ifdef HAVE_AVX2_COPY
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+      __builtin_cpu_supports("f16c")) {
+    check_vectors_isa_avx2(all16, floats);
+    std::printf("f16c: checked\n");
+  } else {
+    std::printf("f16c: not supported\n");
+  }
+#else
+  std::printf("f16c: not supported\n");
+#endif
   if (failures) {
     std::printf("%d failures\n", failures);
     return 1;

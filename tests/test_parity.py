@@ -90,10 +90,14 @@ def test_wide_rows(N):
     _check(x, (N,), w, b, 1e-5, g)
 
 
-def test_many_rows_parameter_grads():
-    # Enough rows that the dweight/dbias reduction uses many row blocks.
-    x, w, b, g = _inputs((4099, 96), (96,), torch.float32, True, True)
-    _check(x, (96,), w, b, 1e-5, g)
+# Enough rows that the dweight/dbias reduction uses many row blocks, and rows
+# per block (ceil(M / 64)) above one group of 32, ragged: 34 = 32 + 2, 65 = 2
+# groups + 1 row, 201 = 6 groups + 9 rows (the pairwise carries of 7 groups).
+@pytest.mark.parametrize("M,N", [(4099, 96), (2117, 33), (64 * 65, 7), (12817, 130)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_many_rows_parameter_grads(M, N, dtype):
+    x, w, b, g = _inputs((M, N), (N,), dtype, True, True)
+    _check(x, (N,), w, b, 1e-5, g)
 
 
 @pytest.mark.parametrize("view", ["transposed", "strided", "offset"])

@@ -17,11 +17,20 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "../layer_norm.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// The F16C and AVX intrinsics, usable inside functions compiled for them
+// (the target pragma below) while the rest of the file stays baseline.
+#include <immintrin.h>
+#endif
 
 namespace fastln {
 namespace cpu {
@@ -47,7 +56,9 @@ namespace isa_base {
 #endif
 namespace isa_avx2 {
 #define FASTLN_VEC_BYTES 32
+#define FASTLN_AVX2_INTRINSICS 1
 #include "kernels.h"
+#undef FASTLN_AVX2_INTRINSICS
 #undef FASTLN_VEC_BYTES
 }  // namespace isa_avx2
 #if defined(__clang__)
@@ -149,12 +160,13 @@ void with_param_ptr(at::Tensor& t, const Fn& fn) {
 }
 
 // Row blocks of the backward's dweight/dbias reduction. Each block sums its
-// rows' contributions into its own acc_t partial, and the partials are then
-// added in block order. The plan depends only on M and N, never on the
-// number of threads, so dweight/dbias are bitwise reproducible. Limits: at
-// least 16 rows per block (zeroing, updating and reducing a partial then
-// costs a small fraction of the block's own traffic of 3 * 16 rows), at most
-// 64 blocks (enough to feed every core of a big machine), and at most 2^22
+// rows' contributions into its own acc_t partial (pairwise over groups of
+// rows, PairwiseRowSums), and the partials are then added in block order (at
+// most 64 terms: a bounded error, whatever M). The plan depends only on M and
+// N, never on the number of threads, so dweight/dbias are bitwise reproducible.
+// Limits: at least 16 rows per block (zeroing, updating and reducing a partial
+// then costs a small fraction of the block's own traffic of 3 * 16 rows), at
+// most 64 blocks (enough to feed every core of a big machine), and at most 2^22
 // partial elements (16 MiB of float).
 struct BlockPlan {
   int64_t num_blocks;
@@ -169,6 +181,74 @@ BlockPlan plan_blocks(int64_t M, int64_t N) {
       std::max<int64_t>(1, std::min({by_rows, kMaxBlocks, by_memory}));
   return {num_blocks, (M + num_blocks - 1) / num_blocks};
 }
+
+// Column sums over the rows of a block, rounded like row_sums: a lane that
+// adds r rows one after another is off by up to r * eps, so rows go in
+// groups of kRowGroup, each summed straight into a zeroed group buffer, and
+// the group sums are combined pairwise the way a binary counter carries:
+// level k holds the sum of 2^k consecutive groups. The error bound is then
+// (kRowGroup + log2(groups)) * eps instead of rows * eps. kRowGroup = 32:
+// combining costs about two more passes over the sums per 32 rows that each
+// read and write them once (buffers are swapped, never copied).
+constexpr int64_t kRowGroup = 32;
+
+template <typename acc_t>
+class PairwiseRowSums {
+ public:
+  // width: acc_t per row of sums; max_rows: rows of the largest block.
+  PairwiseRowSums(int64_t width, int64_t max_rows) : width_(width) {
+    const int64_t groups = (max_rows + kRowGroup - 1) / kRowGroup;
+    int64_t levels = 1;  // floor(log2(groups)) + 1
+    while ((int64_t{1} << levels) <= groups) ++levels;
+    storage_.reset(new acc_t[(levels + 1) * width]);
+    for (int64_t k = 0; k <= levels; ++k)
+      buffers_.push_back(storage_.get() + k * width);
+    group_ = buffers_.back();
+    buffers_.pop_back();  // buffers_[k]: level k
+  }
+
+  // The zeroed buffer the next group's rows are summed into.
+  acc_t* start_group() {
+    std::fill_n(group_, width_, acc_t(0));
+    return group_;
+  }
+
+  void end_group() {
+    acc_t** carry = &group_;
+    int64_t k = 0;
+    for (; (count_ >> k) & 1; ++k) {  // level k is taken: merge and carry
+      acc_t* level = buffers_[k];
+      const acc_t* later = *carry;
+      for (int64_t j = 0; j < width_; ++j) level[j] += later[j];
+      carry = &buffers_[k];
+    }
+    std::swap(buffers_[k], *carry);  // free level k takes the sum
+    ++count_;
+  }
+
+  // The sum of all groups (earliest levels first) into out; resets.
+  void finish(acc_t* out) {
+    bool first = true;
+    for (int64_t k = static_cast<int64_t>(buffers_.size()) - 1; k >= 0; --k) {
+      if (((count_ >> k) & 1) == 0) continue;
+      const acc_t* level = buffers_[k];
+      if (first)
+        std::copy_n(level, width_, out);
+      else
+        for (int64_t j = 0; j < width_; ++j) out[j] += level[j];
+      first = false;
+    }
+    if (first) std::fill_n(out, width_, acc_t(0));
+    count_ = 0;
+  }
+
+ private:
+  int64_t width_;
+  int64_t count_ = 0;
+  std::unique_ptr<acc_t[]> storage_;
+  std::vector<acc_t*> buffers_;
+  acc_t* group_;
+};
 
 }  // namespace
 
@@ -275,13 +355,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd_cpu(
         acc_t* partial_ptr = partial.mutable_data_ptr<acc_t>();
         at::parallel_for(0, plan.num_blocks, 1, [&](int64_t b0, int64_t b1) {
           std::vector<acc_t> scratch(scratch_size);
+          // Blocks of at most one group sum straight into their partial.
+          std::optional<PairwiseRowSums<acc_t>> sums;
+          if (plan.rows_per_block > kRowGroup)
+            sums.emplace(2 * N, plan.rows_per_block);
           for (int64_t blk = b0; blk < b1; ++blk) {
             const int64_t begin = blk * plan.rows_per_block;
             const int64_t end = std::min(M, begin + plan.rows_per_block);
-            acc_t* dw_acc = partial_ptr + blk * 2 * N;
-            std::fill_n(dw_acc, 2 * N, acc_t(0));
-            backward_rows(dy_ptr, x_ptr, mean_ptr, rstd_ptr, w_ptr, dx_ptr,
-                          dw_acc, dw_acc + N, N, begin, end, scratch.data());
+            acc_t* block_sums = partial_ptr + blk * 2 * N;
+            if (!sums) {
+              std::fill_n(block_sums, 2 * N, acc_t(0));
+              backward_rows(dy_ptr, x_ptr, mean_ptr, rstd_ptr, w_ptr, dx_ptr,
+                            block_sums, block_sums + N, N, begin, end,
+                            scratch.data());
+              continue;
+            }
+            for (int64_t r = begin; r < end; r += kRowGroup) {
+              acc_t* group = sums->start_group();
+              backward_rows(dy_ptr, x_ptr, mean_ptr, rstd_ptr, w_ptr, dx_ptr,
+                            group, group + N, N, r,
+                            std::min(end, r + kRowGroup), scratch.data());
+              sums->end_group();
+            }
+            sums->finish(block_sums);
           }
         });
 
