@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--dtypes",
         default=None,
         help=f"comma list of {', '.join(DTYPES)} (aliases fp32, fp16, bf16); "
-        "default: all on cuda, float32,bfloat16 on cpu",
+        "default: all on cuda, float32,bfloat16,float16 on cpu",
     )
     p.add_argument("--shapes", default=None, help="MxN list, e.g. 4096x1024,1x768")
     p.add_argument("--quick", action="store_true", help="a small sweep (< 1 minute on CPU)")

@@ -88,7 +88,7 @@ QUICK_SHAPES = [(16, 4096), (64, 768), (4096, 1024), (512, 4096), (256, 16384), 
 
 DEFAULT_DTYPES = {
     "cuda": ("float32", "float16", "bfloat16", "bf16_fp32w"),
-    "cpu": ("float32", "bfloat16"),
+    "cpu": ("float32", "bfloat16", "float16"),
 }
 QUICK_DTYPES = {"cuda": ("float32", "bfloat16", "bf16_fp32w"), "cpu": ("float32", "bfloat16")}
 

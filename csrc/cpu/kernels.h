@@ -250,21 +250,50 @@ struct VectorAt {
   }
 };
 
-// out[i] = body(at) for every element of a row of N, converted to out's
-// type: two vectors per iteration (their conversions interleave and 16-bit
-// results leave in one store), then one vector, then the scalar tail.
-template <typename acc_t, typename T, typename Body>
-inline void row_map(int64_t N, T* out, const Body& body) {
+// ((a0 + a1) + (a2 + a3)) ...: the terms of a row tile, added pairwise.
+template <typename V, size_t R>
+inline V pairwise_sum(const std::array<V, R>& a) {
+  if constexpr (R == 1) {
+    return a[0];
+  } else {
+    constexpr size_t H = R / 2;
+    std::array<V, H> low;
+    std::array<V, R - H> high;
+    for (size_t r = 0; r < H; ++r) low[r] = a[r];
+    for (size_t r = H; r < R; ++r) high[r - H] = a[r];
+    return pairwise_sum(low) + pairwise_sum(high);
+  }
+}
+
+// out[r][i] = body(at)[r] for R rows of N elements and every i, converted to
+// out's type: two vectors per iteration (their conversions interleave and
+// 16-bit results leave in one store), then one vector, then the scalar tail.
+template <typename acc_t, size_t R, typename T, typename Body>
+inline void rows_map(int64_t N, const std::array<T*, R>& out,
+                     const Body& body) {
   constexpr int64_t W = Simd<acc_t>::kWidth;
   int64_t i = 0;
   for (; i + 2 * W <= N; i += 2 * W) {
     const auto v0 = body(VectorAt<acc_t>{i});
     const auto v1 = body(VectorAt<acc_t>{i + W});
-    store_vec2<T, acc_t>(out + i, v0, v1);
+    for (size_t r = 0; r < R; ++r)
+      store_vec2<T, acc_t>(out[r] + i, v0[r], v1[r]);
   }
-  for (; i + W <= N; i += W)
-    store_vec<T, acc_t>(out + i, body(VectorAt<acc_t>{i}));
-  for (; i < N; ++i) store_from_acc(out, i, body(ScalarAt<acc_t>{i}));
+  for (; i + W <= N; i += W) {
+    const auto v = body(VectorAt<acc_t>{i});
+    for (size_t r = 0; r < R; ++r) store_vec<T, acc_t>(out[r] + i, v[r]);
+  }
+  for (; i < N; ++i) {
+    const auto v = body(ScalarAt<acc_t>{i});
+    for (size_t r = 0; r < R; ++r) store_from_acc(out[r], i, v[r]);
+  }
+}
+
+// out[i] = body(at) for one row.
+template <typename acc_t, typename T, typename Body>
+inline void row_map(int64_t N, T* out, const Body& body) {
+  rows_map<acc_t, 1>(N, std::array{out},
+                     [&](auto at) { return std::array{body(at)}; });
 }
 
 // Whether rows of T are read in place (float, double) rather than converted
@@ -295,7 +324,8 @@ constexpr int64_t kSumBlock = 1024;
 
 // Vector sums of the terms at [begin, end), a multiple of the vector width.
 template <size_t kQ, typename acc_t, typename Term>
-inline std::array<typename Simd<acc_t>::vec, kQ> block_sums(int64_t begin,
+__attribute__((always_inline)) inline std::array<typename Simd<acc_t>::vec, kQ>
+block_sums(int64_t begin,
                                                             int64_t end,
                                                             const Term& term) {
   using vec = typename Simd<acc_t>::vec;
@@ -320,41 +350,52 @@ inline std::array<typename Simd<acc_t>::vec, kQ> block_sums(int64_t begin,
 // Up to 2^kMaxLevels blocks per row: more than any int64_t row length.
 constexpr int64_t kMaxLevels = 64;
 
+// The block sums of a row longer than one block, combined pairwise the way a
+// binary counter carries: level k holds the sum of 2^k consecutive blocks,
+// and the levels left at the end are added earliest first. Out of line (it
+// would crowd the short-row path that row_sums inlines) with its result in
+// memory: returned by value as a recursion, the vectors came back wrong in
+// the AVX2 copy (GCC 12, target pragma; a tree of calls summed half the
+// row) while the baseline copy and a -mavx2 build were right.
 template <size_t kQ, typename acc_t, typename Term>
-inline std::array<acc_t, kQ> row_sums(int64_t N, const Term& term) {
-  using S = Simd<acc_t>;
-  using vec = typename S::vec;
-  const int64_t vector_end = N / S::kWidth * S::kWidth;
-  std::array<vec, kQ> total;
-  if (vector_end <= kSumBlock) {  // most rows: one block
-    total = block_sums<kQ, acc_t>(0, vector_end, term);
-  } else {
-    // The block sums combine pairwise the way a binary counter carries:
-    // level k holds the sum of 2^k consecutive blocks, and the levels left
-    // at the end are added earliest first. A loop, not a recursion: a
-    // recursive out-of-line function returning the vectors summed half the
-    // row in the AVX2 copy (GCC 12, target pragma) while the baseline copy
-    // and a -mavx2 build of the same code were right; everything here is
-    // inlined, so no vector crosses a call (tests/test_accuracy.py).
-    vec level[kMaxLevels][kQ];
-    int64_t count = 0;
-    for (int64_t begin = 0; begin < vector_end; begin += kSumBlock) {
-      auto carry = block_sums<kQ, acc_t>(
-          begin, std::min(begin + kSumBlock, vector_end), term);
-      int64_t k = 0;
-      for (; (count >> k) & 1; ++k)
-        for (size_t q = 0; q < kQ; ++q) carry[q] = level[k][q] + carry[q];
-      for (size_t q = 0; q < kQ; ++q) level[k][q] = carry[q];
-      ++count;
-    }
-    bool first = true;
-    for (int64_t k = kMaxLevels - 1; k >= 0; --k) {
-      if (((count >> k) & 1) == 0) continue;
-      for (size_t q = 0; q < kQ; ++q)
-        total[q] = first ? level[k][q] : total[q] + level[k][q];
-      first = false;
-    }
+__attribute__((noinline)) void long_row_sums(
+    int64_t vector_end, const Term& term,
+    std::array<typename Simd<acc_t>::vec, kQ>& total) {
+  typename Simd<acc_t>::vec level[kMaxLevels][kQ];
+  int64_t count = 0;
+  for (int64_t begin = 0; begin < vector_end; begin += kSumBlock) {
+    auto carry = block_sums<kQ, acc_t>(
+        begin, std::min(begin + kSumBlock, vector_end), term);
+    int64_t k = 0;
+    for (; (count >> k) & 1; ++k)
+      for (size_t q = 0; q < kQ; ++q) carry[q] = level[k][q] + carry[q];
+    for (size_t q = 0; q < kQ; ++q) level[k][q] = carry[q];
+    ++count;
   }
+  bool first = true;
+  for (int64_t k = kMaxLevels - 1; k >= 0; --k) {
+    if (((count >> k) & 1) == 0) continue;
+    for (size_t q = 0; q < kQ; ++q)
+      total[q] = first ? level[k][q] : total[q] + level[k][q];
+    first = false;
+  }
+}
+
+// Always inlined, with block_sums and the row_stats / backward_row_pass1
+// around it: for short rows the sums and the statistics then stay in
+// registers (out of line, the accumulators were zeroed in memory with rep
+// stos and the backward of 64-element rows was 1.5x slower; the forward of
+// 65536 x 64 fp32 20% slower with row_stats out of line).
+template <size_t kQ, typename acc_t, typename Term>
+__attribute__((always_inline)) inline std::array<acc_t, kQ> row_sums(
+    int64_t N, const Term& term) {
+  using S = Simd<acc_t>;
+  const int64_t vector_end = N / S::kWidth * S::kWidth;
+  std::array<typename S::vec, kQ> total;
+  if (vector_end <= kSumBlock)  // most rows: one block
+    total = block_sums<kQ, acc_t>(0, vector_end, term);
+  else
+    long_row_sums<kQ, acc_t>(vector_end, term, total);
   std::array<acc_t, kQ> out;
   for (size_t q = 0; q < kQ; ++q) out[q] = S::sum(total[q]);
   for (int64_t i = vector_end; i < N; ++i) {
@@ -394,20 +435,24 @@ struct RowStats {
 };
 
 template <typename acc_t, typename T>
-inline RowStats<acc_t> row_stats(const T* x, int64_t N) {
-  // Divisions rather than products with 1/N: a constant row c (N * c exact)
-  // then gets shift == c exactly, so d = 0 and var = 0 exactly, and with eps
-  // = 0 the output is 0 * inf = NaN as torch's; a rounded 1/N leaves a tiny
-  // var > 0 and an output of 0.
-  const acc_t n = static_cast<acc_t>(N);
+__attribute__((always_inline)) inline RowStats<acc_t> row_stats(const T* x,
+                                                                int64_t N) {
+  // shift by a division rather than a product with 1/N: a constant row c
+  // (N * c exact) then gets shift == c exactly, so d = 0 and var = 0 exactly,
+  // and with eps = 0 the output is 0 * inf = NaN as torch's; with a rounded
+  // 1/N the row's var came out tiny but positive and the output 0. The other
+  // two stay products: each division on this dependency chain cost 3 ns per
+  // row (fp32 forward of 65536 x 64, 600 -> 730 us with three).
+  const acc_t inv_n = acc_t(1) / static_cast<acc_t>(N);
   const acc_t shift =
-      row_sums<1, acc_t>(N, [&](auto at) { return std::array{at(x)}; })[0] / n;
+      row_sums<1, acc_t>(N, [&](auto at) { return std::array{at(x)}; })[0] /
+      static_cast<acc_t>(N);
   const auto [sum_d, sum_d2] = row_sums<2, acc_t>(N, [&](auto at) {
     const auto d = at(x) - shift;
     return std::array{d, d * d};
   });
-  const acc_t delta = sum_d / n;
-  const acc_t var = sum_d2 / n - delta * delta;
+  const acc_t delta = sum_d * inv_n;
+  const acc_t var = sum_d2 * inv_n - delta * delta;
   return {shift, delta, std::max(var, acc_t(0))};
 }
 
@@ -463,18 +508,27 @@ void forward_rows(const scalar_t* x, const acc_t* w, const acc_t* b,
 // d = x - mean, whose average `delta` corrects it: xhat = (d - delta) * rstd.
 // Writes dx for every row and, when kParamGrads, adds the rows' dy * xhat
 // and dy column sums into dw_acc and db_acc (N acc_t each). The variants are
-// compile-time so that the per-element loop has no branch and vectorizes.
-// `scratch` holds 2 * N acc_t (used only when !kReadInPlace<scalar_t>).
-// One row of backward_rows_impl. xr and dyr hold the row of x and dy, in
-// place (kReadInPlace) or as acc_t copies.
-template <bool kHasWeight, bool kParamGrads, typename scalar_t, typename acc_t,
-          typename T>
-inline void backward_row(const T* __restrict__ xr, const T* __restrict__ dyr,
-                         acc_t mu, acc_t rs, const acc_t* __restrict__ w,
-                         scalar_t* __restrict__ dxr, acc_t* __restrict__ dw_acc,
-                         acc_t* __restrict__ db_acc, int64_t N) {
-  const acc_t inv_n = acc_t(1) / static_cast<acc_t>(N);
-  // Pass 1: sum(d), sum(g) and sum(g * d).
+// compile-time so that the per-element loop has no branch.
+
+// Rows whose second pass runs together: w, dw_acc and db_acc are then loaded
+// and dw_acc/db_acc stored once per kTileRows rows, the tile's terms summed
+// pairwise first. That traffic was most of the second pass (5 loads and 3
+// stores per element for one row; 4.25 / 1.5 for four), and the sums of
+// short rows gained more than a third on AMD EPYC (fp32 65536 x 64). Four
+// rows of two vectors each keep the results in 8 of the 16 AVX2 registers.
+constexpr int64_t kTileRows = 4;
+
+// What pass 2 needs of a row: its pass-1 results.
+template <typename acc_t>
+struct RowGrad {
+  acc_t mu, delta, rs, mean_g, c;
+};
+
+// Pass 1 of one row: sum(d), sum(g) and sum(g * d). xr and dyr hold the row
+// of x and dy, in place (kReadInPlace) or as acc_t copies.
+template <bool kHasWeight, typename acc_t, typename T>
+__attribute__((always_inline)) inline RowGrad<acc_t> backward_row_pass1(const T* xr, const T* dyr, acc_t mu,
+                                         acc_t rs, const acc_t* w, int64_t N) {
   const auto [sum_d, sum_g, sum_gd] = row_sums<3, acc_t>(N, [&](auto at) {
     const auto d = at(xr) - mu;
     if constexpr (kHasWeight) {
@@ -485,44 +539,73 @@ inline void backward_row(const T* __restrict__ xr, const T* __restrict__ dyr,
       return std::array{d, g, g * d};
     }
   });
+  const acc_t inv_n = acc_t(1) / static_cast<acc_t>(N);
   const acc_t delta = sum_d * inv_n;
   const acc_t mean_g = sum_g * inv_n;
-  // mean(g * xhat) = rstd * (sum(g * d) - delta * sum(g)) / N.
+  // mean(g * xhat) = rstd * (sum(g * d) - delta * sum(g)) / N; pass 2 takes
+  // dx = (g - mean_g) * rs - xhat * c with c = rs * mean(g * xhat).
   const acc_t mean_gx = rs * (sum_gd - delta * sum_g) * inv_n;
+  return {mu, delta, rs, mean_g, rs * mean_gx};
+}
 
-  // Pass 2: dx = (g - mean_g) * rs - xhat * (rs * mean_gx), and the
-  // parameter-gradient column sums.
-  const acc_t c = rs * mean_gx;
-  row_map<acc_t>(N, dxr, [&](auto at) {
-    const auto dy_i = at(dyr);
-    const auto xhat = ((at(xr) - mu) - delta) * rs;
-    if constexpr (kParamGrads) {
-      at.add(dw_acc, dy_i * xhat);
-      at.add(db_acc, dy_i);
+// Pass 1 and 2 of R consecutive rows from `first`.
+template <size_t R, bool kHasWeight, bool kParamGrads, typename scalar_t,
+          typename acc_t>
+inline void backward_tile(const scalar_t* dy, const scalar_t* x,
+                          const acc_t* mean, const acc_t* rstd, const acc_t* w,
+                          scalar_t* dx, acc_t* dw_acc, acc_t* db_acc,
+                          int64_t N, int64_t first, acc_t* scratch) {
+  using T = std::conditional_t<kReadInPlace<scalar_t>, scalar_t, acc_t>;
+  std::array<const T*, R> xr, dyr;
+  std::array<scalar_t*, R> dxr;
+  std::array<RowGrad<acc_t>, R> k;
+  for (size_t r = 0; r < R; ++r) {
+    const int64_t row = first + static_cast<int64_t>(r);
+    if constexpr (kReadInPlace<scalar_t>) {
+      xr[r] = x + row * N;
+      dyr[r] = dy + row * N;
+    } else {
+      xr[r] = row_as_acc(x + row * N, N, scratch + 2 * r * N);
+      dyr[r] = row_as_acc(dy + row * N, N, scratch + (2 * r + 1) * N);
     }
-    if constexpr (kHasWeight)
-      return (dy_i * at(w) - mean_g) * rs - xhat * c;
-    else
-      return (dy_i - mean_g) * rs - xhat * c;
+    dxr[r] = dx + row * N;
+    k[r] = backward_row_pass1<kHasWeight>(xr[r], dyr[r], mean[row], rstd[row],
+                                          w, N);
+  }
+  rows_map<acc_t, R>(N, dxr, [&](auto at) {
+    using V = decltype(at(w));
+    std::array<V, R> out, dw_terms, db_terms;
+    for (size_t r = 0; r < R; ++r) {
+      const V dy_i = at(dyr[r]);
+      const V xhat = ((at(xr[r]) - k[r].mu) - k[r].delta) * k[r].rs;
+      V g = dy_i;
+      if constexpr (kHasWeight) g = g * at(w);
+      out[r] = (g - k[r].mean_g) * k[r].rs - xhat * k[r].c;
+      dw_terms[r] = dy_i * xhat;
+      db_terms[r] = dy_i;
+    }
+    if constexpr (kParamGrads) {
+      at.add(dw_acc, pairwise_sum(dw_terms));
+      at.add(db_acc, pairwise_sum(db_terms));
+    }
+    return out;
   });
 }
 
+// `scratch` holds 2 * kTileRows * N acc_t (used only when
+// !kReadInPlace<scalar_t>).
 template <bool kHasWeight, bool kParamGrads, typename scalar_t, typename acc_t>
 void backward_rows_impl(const scalar_t* dy, const scalar_t* x,
                         const acc_t* mean, const acc_t* rstd, const acc_t* w,
                         scalar_t* dx, acc_t* dw_acc, acc_t* db_acc, int64_t N,
                         int64_t row_begin, int64_t row_end, acc_t* scratch) {
-  for (int64_t r = row_begin; r < row_end; ++r) {
-    if constexpr (kReadInPlace<scalar_t>)
-      backward_row<kHasWeight, kParamGrads>(x + r * N, dy + r * N, mean[r],
-                                            rstd[r], w, dx + r * N, dw_acc,
-                                            db_acc, N);
-    else
-      backward_row<kHasWeight, kParamGrads>(
-          row_as_acc(x + r * N, N, scratch),
-          row_as_acc(dy + r * N, N, scratch + N), mean[r], rstd[r], w,
-          dx + r * N, dw_acc, db_acc, N);
-  }
+  int64_t r = row_begin;
+  for (; r + kTileRows <= row_end; r += kTileRows)
+    backward_tile<kTileRows, kHasWeight, kParamGrads>(
+        dy, x, mean, rstd, w, dx, dw_acc, db_acc, N, r, scratch);
+  for (; r < row_end; ++r)
+    backward_tile<1, kHasWeight, kParamGrads>(dy, x, mean, rstd, w, dx, dw_acc,
+                                              db_acc, N, r, scratch);
 }
 
 // dw_acc and db_acc are both given (dweight/dbias wanted) or both nullptr.

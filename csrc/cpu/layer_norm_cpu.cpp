@@ -116,6 +116,14 @@ void backward_rows(const scalar_t* dy, const scalar_t* x, const acc_t* mean,
                           end, scratch);
 }
 
+template <typename scalar_t, typename acc_t>
+const acc_t* row_as_acc(const scalar_t* x, int64_t N, acc_t* buf) {
+#ifdef FASTLN_HAVE_AVX2_KERNELS
+  if (active_isa() == Isa::kAvx2) return isa_avx2::row_as_acc(x, N, buf);
+#endif
+  return isa_base::row_as_acc(x, N, buf);
+}
+
 // Rows handed to one task at a time: about 8K elements of work per task
 // (2-5 us, bfloat16/half rows the slower end) amortizes the 1-2 us it costs
 // at::parallel_for to wake another thread; 32K left rows of 64 x 512
@@ -137,10 +145,11 @@ class ParamAsAcc {
       ptr_ = p.const_data_ptr<acc_t>();
       return;
     }
-    // Uninitialized storage, and the kernels' branch-free conversion.
+    // Uninitialized storage, and the active kernels' conversion (the
+    // baseline's half conversion, one element at a time, made a single half
+    // row of 16384 three times slower than torch).
     copy_.reset(new acc_t[p.numel()]);
-    ptr_ = isa_base::row_as_acc(p.const_data_ptr<scalar_t>(), p.numel(),
-                                copy_.get());
+    ptr_ = row_as_acc(p.const_data_ptr<scalar_t>(), p.numel(), copy_.get());
   }
   const acc_t* get() const { return ptr_; }
 
@@ -334,7 +343,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd_cpu(
         const acc_t* w_ptr = w_acc.get();
         scalar_t* dx_ptr = dx.mutable_data_ptr<scalar_t>();
         const int64_t scratch_size =
-            isa_base::kReadInPlace<scalar_t> ? 0 : 2 * N;
+            isa_base::kReadInPlace<scalar_t> ? 0
+                                             : 2 * isa_base::kTileRows * N;
 
         if (!param_grads) {
           at::parallel_for(0, M, row_grain(N), [&](int64_t begin, int64_t end) {
