@@ -110,46 +110,59 @@ def test_parameter_grads_are_deterministic_across_thread_counts():
             assert torch.equal(a, e)
 
 
-def _run_isa(isa: str) -> str:
-    code = (
-        "import torch, fastln\n"
-        "torch.manual_seed(0)\n"
-        "assert fastln.cpu_isa() in ('base', 'avx2'), fastln.cpu_isa()\n"
-        "print(fastln.cpu_isa())\n"
-        "for dt in (torch.float32, torch.bfloat16, torch.float16, torch.float64):\n"
-        "    x = torch.randn(37, 1031, dtype=dt) * 3 + 1\n"
-        "    w, b = torch.randn(1031, dtype=dt), torch.randn(1031, dtype=dt)\n"
-        "    xr = x.clone().requires_grad_(); wr = w.clone().requires_grad_()\n"
-        "    br = b.clone().requires_grad_()\n"
-        "    y = fastln.layer_norm(xr, (1031,), wr, br); y.backward(torch.ones_like(y))\n"
-        "    torch.save([y, xr.grad, wr.grad, br.grad], f'{OUT}_{dt}.pt')\n"
-    )
-    return code
+_ISA_SCRIPT = (
+    "import torch, fastln\n"
+    "torch.manual_seed(0)\n"
+    "print(fastln.cpu_isa())\n"
+    "for dt in (torch.float32, torch.bfloat16, torch.float16, torch.float64):\n"
+    "    x = torch.randn(37, 1031, dtype=dt) * 3 + 1\n"
+    "    w, b = torch.randn(1031, dtype=dt), torch.randn(1031, dtype=dt)\n"
+    "    xr = x.clone().requires_grad_(); wr = w.clone().requires_grad_()\n"
+    "    br = b.clone().requires_grad_()\n"
+    "    y = fastln.layer_norm(xr, (1031,), wr, br); y.backward(torch.ones_like(y))\n"
+    "    torch.save([y, xr.grad, wr.grad, br.grad], f'{OUT}_{dt}.pt')\n"
+)
 
 
-def test_baseline_and_avx2_kernels_agree(tmp_path):
-    outputs = {}
-    for isa in ("base", "native"):
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(next((line for line in f if line.startswith("flags")), "").split())
+    except OSError:
+        return set()
+
+
+def test_every_cpu_kernel_copy_agrees(tmp_path):
+    # Each copy of the row kernels this processor can run (FASTLN_CPU_ISA picks
+    # a narrower one; unset, the widest), on the same inputs, within tolerance
+    # of the portable one.
+    flags = _cpu_flags()
+    has_avx2 = {"avx2", "fma", "f16c"} <= flags
+    has_avx512 = has_avx2 and {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags
+    expected = {"base": "base"}
+    if has_avx2:
+        expected["avx2"] = "avx2"
+    expected["native"] = "avx512" if has_avx512 else "avx2" if has_avx2 else "base"
+    for isa, want in expected.items():
         env = dict(os.environ)
-        if isa == "base":
-            env["FASTLN_CPU_ISA"] = "base"
-        else:
-            env.pop("FASTLN_CPU_ISA", None)
+        env.pop("FASTLN_CPU_ISA", None)
+        if isa != "native":
+            env["FASTLN_CPU_ISA"] = isa
         prefix = str(tmp_path / isa)
         proc = subprocess.run(
-            [sys.executable, "-c", f"OUT = {prefix!r}\n" + _run_isa(isa)],
+            [sys.executable, "-c", f"OUT = {prefix!r}\n" + _ISA_SCRIPT],
             env=env,
             capture_output=True,
             text=True,
             check=True,
         )
-        outputs[isa] = proc.stdout.strip()
-    assert outputs["base"] == "base"
-    for dt in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
-        a = torch.load(tmp_path / f"base_{dt}.pt")
-        b = torch.load(tmp_path / f"native_{dt}.pt")
-        for what, ta, tb in zip(("out", "dx", "dweight", "dbias"), a, b):
-            assert_close(ta, tb.double(), dt, backward=what != "out", what=what)
+        assert proc.stdout.strip() == want, (isa, proc.stdout)
+    for isa in expected:
+        for dt in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+            a = torch.load(tmp_path / f"base_{dt}.pt")
+            b = torch.load(tmp_path / f"{isa}_{dt}.pt")
+            for what, ta, tb in zip(("out", "dx", "dweight", "dbias"), a, b):
+                assert_close(tb, ta.double(), dt, backward=what != "out", what=f"{isa} {what}")
 
 
 def _available_memory_bytes() -> int:

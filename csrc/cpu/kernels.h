@@ -9,8 +9,9 @@
 // without -ffast-math the compiler may not reorder a floating-point sum (a
 // naive loop runs at one add per FP-add latency), and it vectorizes neither
 // the half/bfloat16 conversions nor loops through five possibly aliasing
-// pointers reliably. The including file defines FASTLN_AVX2_INTRINSICS (and
-// includes <immintrin.h>) where the target has AVX2 and F16C. Every reduction
+// pointers reliably. The including file defines FASTLN_AVX2_INTRINSICS or
+// FASTLN_AVX512_INTRINSICS (and includes <immintrin.h>) for the AVX2 + F16C
+// and the AVX-512 copies; the code is otherwise width-generic. Every reduction
 // combines its partial sums in a fixed order, so results do not depend on
 // the number of threads.
 
@@ -132,10 +133,10 @@ inline void store_from_acc(scalar_t* p, int64_t i, acc_t v) {
 
 // A vector of W = Simd<acc_t>::kWidth row elements converted to or from
 // acc_t. bfloat16 goes by the same bit operations as the scalar conversions,
-// on integer vectors; half uses the F16C instructions where the including
-// file enables them (FASTLN_AVX2_INTRINSICS: one vcvtph2ps / vcvtps2ph per 8
-// values, round to nearest even like float_to_half_bits), else the scalar
-// conversion per lane (the portable path).
+// on integer vectors; half uses the F16C instructions (and their AVX-512
+// forms) where the including file enables them (one vcvtph2ps / vcvtps2ph per
+// 8 or 16 values, round to nearest even like float_to_half_bits), else the
+// scalar conversion per lane (the portable path).
 template <typename acc_t, typename scalar_t>
 inline typename Simd<acc_t>::vec load_vec(const scalar_t* p) {
   using S = Simd<acc_t>;
@@ -164,6 +165,11 @@ inline typename Simd<acc_t>::vec load_vec(const scalar_t* p) {
     static_assert(S::kWidth == 8, "F16C converts 8 halves at a time");
     return _mm256_cvtph_ps(
         _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+#elif defined(FASTLN_AVX512_INTRINSICS)
+  } else if constexpr (std::is_same_v<scalar_t, c10::Half>) {
+    static_assert(S::kWidth == 16, "AVX-512 converts 16 halves at a time");
+    return _mm512_cvtph_ps(
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 #endif
   } else {
     vec v;
@@ -199,6 +205,10 @@ inline void store_vec(scalar_t* p, typename Simd<acc_t>::vec v) {
   } else if constexpr (std::is_same_v<scalar_t, c10::Half>) {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
                      _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+#elif defined(FASTLN_AVX512_INTRINSICS)
+  } else if constexpr (std::is_same_v<scalar_t, c10::Half>) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                        _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
 #endif
   } else {
     for (int64_t k = 0; k < S::kWidth; ++k) store_from_acc(p, k, v[k]);
