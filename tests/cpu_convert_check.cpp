@@ -4,10 +4,10 @@
 // every halfway point, its neighbours and a stride through all float bit
 // patterns. Then the vector conversions (load_vec, store_vec, store_vec2)
 // of the baseline copy and, when the processor has them, of the AVX2 + F16C
-// copy (F16C instructions for half) against those scalar ones on the same
-// values. Plain C++ (the storage types are stand-ins), run by
-// tests/test_cpu_convert.py. Prints "ok" on success, after "f16c: checked"
-// or "f16c: not supported".
+// copy (F16C instructions for half) and of the AVX-512 copy against those
+// scalar ones on the same values. Plain C++ (the storage types are stand-ins),
+// run by tests/test_cpu_convert.py. Prints "ok" on success, after "f16c:
+// checked" or "f16c: not supported" and the same for "avx512".
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -16,6 +16,9 @@
 #include <cstring>
 #include <type_traits>
 #include <vector>
+#if defined(__x86_64__)
+#include <immintrin.h>  // kernels.h needs it on x86-64 (streaming stores)
+#endif
 
 namespace c10 {
 struct Half {
@@ -40,7 +43,6 @@ namespace isa_base {
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define HAVE_AVX2_COPY 1
-#include <immintrin.h>
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
 namespace isa_avx2 {
@@ -50,6 +52,19 @@ namespace isa_avx2 {
 #undef FASTLN_AVX2_INTRINSICS
 #undef FASTLN_VEC_BYTES
 }  // namespace isa_avx2
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+namespace isa_avx512 {
+#define FASTLN_VEC_BYTES 64
+#define FASTLN_AVX512_INTRINSICS 1
+#include "cpu/kernels.h"
+#undef FASTLN_AVX512_INTRINSICS
+#undef FASTLN_VEC_BYTES
+}  // namespace isa_avx512
+#pragma GCC diagnostic pop
 #pragma GCC pop_options
 #endif
 
@@ -200,6 +215,9 @@ void check_float_to_16(float f) {
 DEFINE_VECTOR_CHECK(isa_base, )
 #ifdef HAVE_AVX2_COPY
 DEFINE_VECTOR_CHECK(isa_avx2, __attribute__((target("avx2,fma,f16c"))))
+DEFINE_VECTOR_CHECK(
+    isa_avx512,
+    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))))
 #endif
 
 }  // namespace
@@ -276,6 +294,14 @@ int main() {
     std::printf("f16c: checked\n");
   } else {
     std::printf("f16c: not supported\n");
+  }
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq")) {
+    check_vectors_isa_avx512(all16, floats);
+    std::printf("avx512: checked\n");
+  } else {
+    std::printf("avx512: not supported\n");
   }
 #else
   std::printf("f16c: not supported\n");

@@ -9,11 +9,24 @@
 // without -ffast-math the compiler may not reorder a floating-point sum (a
 // naive loop runs at one add per FP-add latency), and it vectorizes neither
 // the half/bfloat16 conversions nor loops through five possibly aliasing
-// pointers reliably. The including file defines FASTLN_AVX2_INTRINSICS or
-// FASTLN_AVX512_INTRINSICS (and includes <immintrin.h>) for the AVX2 + F16C
-// and the AVX-512 copies; the code is otherwise width-generic. Every reduction
+// pointers reliably. The including file includes <immintrin.h> on x86-64
+// and defines FASTLN_AVX2_INTRINSICS or FASTLN_AVX512_INTRINSICS for the
+// AVX2 + F16C and the AVX-512 copies; the code is otherwise width-generic.
+// Every reduction
 // combines its partial sums in a fixed order, so results do not depend on
 // the number of threads.
+
+// Entry points (the functions layer_norm_cpu.cpp calls, and long_row_sums)
+// are flattened: every call inside them, the row bodies' lambdas included,
+// is inlined. A lambda left out of line that returns a vector came back
+// wrong in the AVX2 and AVX-512 copies (GCC 12 under the target pragma: the
+// caller read only the low 16 bytes of the vector, so a quarter of each dx
+// vector was written; earlier, row sums over half the row). Inside one
+// function no vector crosses a call; tests/test_cpu_kernels_inlined.py checks
+// the built library for out-of-line lambdas in these namespaces.
+#ifndef FASTLN_FLATTEN
+#define FASTLN_FLATTEN __attribute__((flatten))
+#endif
 
 // A SIMD vector through the GCC/Clang vector extension, of the target's
 // register width: the including file defines FASTLN_VEC_BYTES (16 for the
@@ -192,25 +205,78 @@ inline auto bfloat16_bits(typename Simd<float>::vec v) {
   return magnitude > 0x7F800000 ? (u32vec){} + 0x7FC0u : rounded;
 }
 
-template <typename scalar_t, typename acc_t>
+// How the vector stores of an output row write memory. PlainStore: normal
+// stores. StreamStore: non-temporal stores, which skip the read of each
+// line a normal store first makes (write-allocate): for an output too large
+// to stay cached it moves a third less memory in the forward (read x, write
+// y: 3 -> 2 tensor-sized transfers), which is what a copy (memcpy streams
+// past a threshold) and torch's kernels are measured against. Only for whole
+// vectors at addresses aligned to their size (rows_map checks), and followed
+// by stream_fence() before another thread may read the output. x86-64 only
+// (elsewhere StreamStore stores plainly).
+struct PlainStore {
+  template <typename V>
+  static void put(void* p, const V& v) {
+    std::memcpy(p, &v, sizeof(v));
+  }
+};
+struct StreamStore {
+  template <typename V>
+  static void put(void* p, const V& v) {
+#if defined(__x86_64__)
+    if constexpr (sizeof(V) == 16) {
+      __m128i t;
+      std::memcpy(&t, &v, sizeof(t));
+      _mm_stream_si128(static_cast<__m128i*>(p), t);
+      return;
+    }
+#if FASTLN_VEC_BYTES >= 32
+    if constexpr (sizeof(V) == 32) {
+      __m256i t;
+      std::memcpy(&t, &v, sizeof(t));
+      _mm256_stream_si256(static_cast<__m256i*>(p), t);
+      return;
+    }
+#endif
+#if FASTLN_VEC_BYTES >= 64
+    if constexpr (sizeof(V) == 64) {
+      __m512i t;
+      std::memcpy(&t, &v, sizeof(t));
+      _mm512_stream_si512(static_cast<__m512i*>(p), t);
+      return;
+    }
+#endif
+#endif
+    std::memcpy(p, &v, sizeof(v));  // other sizes (the baseline's 8 bytes)
+  }
+};
+
+// Orders this thread's non-temporal stores before its later stores (the
+// task's completion that at::parallel_for waits on).
+inline void stream_fence() {
+#if defined(__x86_64__)
+  _mm_sfence();
+#endif
+}
+
+template <typename scalar_t, typename acc_t, typename Store = PlainStore>
 inline void store_vec(scalar_t* p, typename Simd<acc_t>::vec v) {
   using S = Simd<acc_t>;
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    std::memcpy(p, &v, sizeof(v));
+    Store::put(p, v);
   } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
     typedef uint16_t u16vec __attribute__((vector_size(FASTLN_VEC_BYTES / 2)));
-    const u16vec narrow = __builtin_convertvector(bfloat16_bits(v), u16vec);
-    std::memcpy(p, &narrow, sizeof(narrow));
+    Store::put(p, __builtin_convertvector(bfloat16_bits(v), u16vec));
 #if defined(FASTLN_AVX2_INTRINSICS)
   } else if constexpr (std::is_same_v<scalar_t, c10::Half>) {
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
-                     _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+    Store::put(p, _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
 #elif defined(FASTLN_AVX512_INTRINSICS)
   } else if constexpr (std::is_same_v<scalar_t, c10::Half>) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
-                        _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+    Store::put(p, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
 #endif
   } else {
+    // The portable half conversion, lane by lane: plain stores even when
+    // streaming was asked for (streaming only saves memory traffic).
     for (int64_t k = 0; k < S::kWidth; ++k) store_from_acc(p, k, v[k]);
   }
 }
@@ -218,20 +284,19 @@ inline void store_vec(scalar_t* p, typename Simd<acc_t>::vec v) {
 // Two vectors to 2 W consecutive elements. bfloat16 on AVX2 packs both into
 // one 32-byte store (vpackusdw + vpermq) instead of two half-filled packs:
 // measured 20% faster on bfloat16 forward rows.
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, typename Store = PlainStore>
 inline void store_vec2(scalar_t* p, typename Simd<acc_t>::vec v0,
                        typename Simd<acc_t>::vec v1) {
 #if defined(FASTLN_AVX2_INTRINSICS)
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
     const __m256i packed = _mm256_packus_epi32((__m256i)bfloat16_bits(v0),
                                                (__m256i)bfloat16_bits(v1));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
-                        _mm256_permute4x64_epi64(packed, 0xD8));
+    Store::put(p, _mm256_permute4x64_epi64(packed, 0xD8));
     return;
   }
 #endif
-  store_vec<scalar_t, acc_t>(p, v0);
-  store_vec<scalar_t, acc_t>(p + Simd<acc_t>::kWidth, v1);
+  store_vec<scalar_t, acc_t, Store>(p, v0);
+  store_vec<scalar_t, acc_t, Store>(p + Simd<acc_t>::kWidth, v1);
 }
 
 // Element i of a row as a scalar, or elements [i, i + W) as a vector: a row
@@ -278,20 +343,29 @@ inline V pairwise_sum(const std::array<V, R>& a) {
 // out[r][i] = body(at)[r] for R rows of N elements and every i, converted to
 // out's type: two vectors per iteration (their conversions interleave and
 // 16-bit results leave in one store), then one vector, then the scalar tail.
-template <typename acc_t, size_t R, typename T, typename Body>
+// With StreamStore, rows that do not start at a 64-byte boundary (so that
+// some vector would be misaligned) are written with PlainStore.
+template <typename acc_t, size_t R, typename Store = PlainStore, typename T,
+          typename Body>
 inline void rows_map(int64_t N, const std::array<T*, R>& out,
                      const Body& body) {
+  if constexpr (std::is_same_v<Store, StreamStore>) {
+    bool aligned = true;
+    for (size_t r = 0; r < R; ++r)
+      aligned = aligned && reinterpret_cast<uintptr_t>(out[r]) % 64 == 0;
+    if (!aligned) return rows_map<acc_t, R, PlainStore>(N, out, body);
+  }
   constexpr int64_t W = Simd<acc_t>::kWidth;
   int64_t i = 0;
   for (; i + 2 * W <= N; i += 2 * W) {
     const auto v0 = body(VectorAt<acc_t>{i});
     const auto v1 = body(VectorAt<acc_t>{i + W});
     for (size_t r = 0; r < R; ++r)
-      store_vec2<T, acc_t>(out[r] + i, v0[r], v1[r]);
+      store_vec2<T, acc_t, Store>(out[r] + i, v0[r], v1[r]);
   }
   for (; i + W <= N; i += W) {
     const auto v = body(VectorAt<acc_t>{i});
-    for (size_t r = 0; r < R; ++r) store_vec<T, acc_t>(out[r] + i, v[r]);
+    for (size_t r = 0; r < R; ++r) store_vec<T, acc_t, Store>(out[r] + i, v[r]);
   }
   for (; i < N; ++i) {
     const auto v = body(ScalarAt<acc_t>{i});
@@ -300,10 +374,11 @@ inline void rows_map(int64_t N, const std::array<T*, R>& out,
 }
 
 // out[i] = body(at) for one row.
-template <typename acc_t, typename T, typename Body>
+template <typename acc_t, typename Store = PlainStore, typename T,
+          typename Body>
 inline void row_map(int64_t N, T* out, const Body& body) {
-  rows_map<acc_t, 1>(N, std::array{out},
-                     [&](auto at) { return std::array{body(at)}; });
+  rows_map<acc_t, 1, Store>(N, std::array{out},
+                            [&](auto at) { return std::array{body(at)}; });
 }
 
 // Whether rows of T are read in place (float, double) rather than converted
@@ -363,12 +438,10 @@ constexpr int64_t kMaxLevels = 64;
 // The block sums of a row longer than one block, combined pairwise the way a
 // binary counter carries: level k holds the sum of 2^k consecutive blocks,
 // and the levels left at the end are added earliest first. Out of line (it
-// would crowd the short-row path that row_sums inlines) with its result in
-// memory: returned by value as a recursion, the vectors came back wrong in
-// the AVX2 copy (GCC 12, target pragma; a tree of calls summed half the
-// row) while the baseline copy and a -mavx2 build were right.
+// would crowd the short-row path that row_sums inlines), flattened, with its
+// result in memory (see FASTLN_FLATTEN).
 template <size_t kQ, typename acc_t, typename Term>
-__attribute__((noinline)) void long_row_sums(
+__attribute__((noinline)) FASTLN_FLATTEN void long_row_sums(
     int64_t vector_end, const Term& term,
     std::array<typename Simd<acc_t>::vec, kQ>& total) {
   typename Simd<acc_t>::vec level[kMaxLevels][kQ];
@@ -418,7 +491,8 @@ __attribute__((always_inline)) inline std::array<acc_t, kQ> row_sums(
 // Returns x converted to acc_t: the row itself when no conversion is needed,
 // otherwise `buf` filled with the converted values.
 template <typename scalar_t, typename acc_t>
-inline const acc_t* row_as_acc(const scalar_t* x, int64_t N, acc_t* buf) {
+FASTLN_FLATTEN inline const acc_t* row_as_acc(const scalar_t* x, int64_t N,
+                                              acc_t* buf) {
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     return x;
   } else {
@@ -429,7 +503,7 @@ inline const acc_t* row_as_acc(const scalar_t* x, int64_t N, acc_t* buf) {
 
 // Writes an acc_t row converted to T (dweight/dbias from their sums).
 template <typename acc_t, typename T>
-inline void row_from_acc(const acc_t* src, int64_t N, T* out) {
+FASTLN_FLATTEN inline void row_from_acc(const acc_t* src, int64_t N, T* out) {
   row_map<acc_t>(N, out, [&](auto at) { return at(src); });
 }
 
@@ -475,32 +549,33 @@ __attribute__((always_inline)) inline RowStats<acc_t> row_stats(const T* x,
 // y = ((x - shift) - delta) * rstd * w + b with w, b optional (nullptr when
 // absent). The differences come first (see row_stats): the shorter
 // x * rstd + (-mean * rstd) cancels catastrophically when |mean| >> std.
-template <typename scalar_t, typename acc_t, typename T>
+template <typename Store, typename scalar_t, typename acc_t, typename T>
 inline void row_affine(const T* x, int64_t N, RowStats<acc_t> st, acc_t rstd,
                        const acc_t* w, const acc_t* b, scalar_t* y) {
   const acc_t shift = st.shift, delta = st.delta;
   auto xhat = [&](auto at) { return ((at(x) - shift) - delta) * rstd; };
   if (w != nullptr && b != nullptr)
-    row_map<acc_t>(N, y, [&](auto at) { return xhat(at) * at(w) + at(b); });
+    row_map<acc_t, Store>(N, y,
+                          [&](auto at) { return xhat(at) * at(w) + at(b); });
   else if (w != nullptr)
-    row_map<acc_t>(N, y, [&](auto at) { return xhat(at) * at(w); });
+    row_map<acc_t, Store>(N, y, [&](auto at) { return xhat(at) * at(w); });
   else if (b != nullptr)
-    row_map<acc_t>(N, y, [&](auto at) { return xhat(at) + at(b); });
+    row_map<acc_t, Store>(N, y, [&](auto at) { return xhat(at) + at(b); });
   else
-    row_map<acc_t>(N, y, [&](auto at) { return xhat(at); });
+    row_map<acc_t, Store>(N, y, [&](auto at) { return xhat(at); });
 }
 
 // Forward over rows [row_begin, row_end). `scratch` holds N acc_t (used only
-// when !kReadInPlace<scalar_t>).
-template <typename scalar_t, typename acc_t>
-void forward_rows(const scalar_t* x, const acc_t* w, const acc_t* b,
-                  scalar_t* y, acc_t* mean_out, acc_t* rstd_out, int64_t N,
-                  acc_t eps, int64_t row_begin, int64_t row_end,
-                  acc_t* scratch) {
+// when !kReadInPlace<scalar_t>); stream: write y with StreamStore.
+template <typename Store, typename scalar_t, typename acc_t>
+void forward_rows_impl(const scalar_t* x, const acc_t* w, const acc_t* b,
+                       scalar_t* y, acc_t* mean_out, acc_t* rstd_out, int64_t N,
+                       acc_t eps, int64_t row_begin, int64_t row_end,
+                       acc_t* scratch) {
   auto row = [&](int64_t r, const auto* xr) {
     const RowStats<acc_t> st = row_stats<acc_t>(xr, N);
     const acc_t rstd = acc_t(1) / std::sqrt(st.var + eps);
-    row_affine(xr, N, st, rstd, w, b, y + r * N);
+    row_affine<Store>(xr, N, st, rstd, w, b, y + r * N);
     mean_out[r] = st.shift + st.delta;
     rstd_out[r] = rstd;
   };
@@ -510,6 +585,21 @@ void forward_rows(const scalar_t* x, const acc_t* w, const acc_t* b,
     else
       row(r, row_as_acc(x + r * N, N, scratch));
   }
+  if constexpr (std::is_same_v<Store, StreamStore>) stream_fence();
+}
+
+template <typename scalar_t, typename acc_t>
+FASTLN_FLATTEN void forward_rows(const scalar_t* x, const acc_t* w,
+                                 const acc_t* b, scalar_t* y, acc_t* mean_out,
+                                 acc_t* rstd_out, int64_t N, acc_t eps,
+                                 int64_t row_begin, int64_t row_end,
+                                 acc_t* scratch, bool stream) {
+  if (stream)
+    forward_rows_impl<StreamStore>(x, w, b, y, mean_out, rstd_out, N, eps,
+                                   row_begin, row_end, scratch);
+  else
+    forward_rows_impl<PlainStore>(x, w, b, y, mean_out, rstd_out, N, eps,
+                                  row_begin, row_end, scratch);
 }
 
 // Backward over rows [row_begin, row_end).
@@ -565,8 +655,8 @@ __attribute__((always_inline)) inline RowGrad<acc_t> backward_row_pass1(
 }
 
 // Pass 1 and 2 of R consecutive rows from `first`.
-template <size_t R, bool kHasWeight, bool kParamGrads, typename scalar_t,
-          typename acc_t>
+template <size_t R, bool kHasWeight, bool kParamGrads, typename Store,
+          typename scalar_t, typename acc_t>
 inline void backward_tile(const scalar_t* dy, const scalar_t* x,
                           const acc_t* mean, const acc_t* rstd, const acc_t* w,
                           scalar_t* dx, acc_t* dw_acc, acc_t* db_acc, int64_t N,
@@ -588,7 +678,7 @@ inline void backward_tile(const scalar_t* dy, const scalar_t* x,
     k[r] = backward_row_pass1<kHasWeight>(xr[r], dyr[r], mean[row], rstd[row],
                                           w, N);
   }
-  rows_map<acc_t, R>(N, dxr, [&](auto at) {
+  rows_map<acc_t, R, Store>(N, dxr, [&](auto at) {
     using V = decltype(at(w));
     std::array<V, R> out, dw_terms, db_terms;
     for (size_t r = 0; r < R; ++r) {
@@ -610,37 +700,59 @@ inline void backward_tile(const scalar_t* dy, const scalar_t* x,
 
 // `scratch` holds 2 * kTileRows * N acc_t (used only when
 // !kReadInPlace<scalar_t>).
-template <bool kHasWeight, bool kParamGrads, typename scalar_t, typename acc_t>
+template <bool kHasWeight, bool kParamGrads, typename Store, typename scalar_t,
+          typename acc_t>
 void backward_rows_impl(const scalar_t* dy, const scalar_t* x,
                         const acc_t* mean, const acc_t* rstd, const acc_t* w,
                         scalar_t* dx, acc_t* dw_acc, acc_t* db_acc, int64_t N,
                         int64_t row_begin, int64_t row_end, acc_t* scratch) {
   int64_t r = row_begin;
   for (; r + kTileRows <= row_end; r += kTileRows)
-    backward_tile<kTileRows, kHasWeight, kParamGrads>(
+    backward_tile<kTileRows, kHasWeight, kParamGrads, Store>(
         dy, x, mean, rstd, w, dx, dw_acc, db_acc, N, r, scratch);
   for (; r < row_end; ++r)
-    backward_tile<1, kHasWeight, kParamGrads>(dy, x, mean, rstd, w, dx, dw_acc,
-                                              db_acc, N, r, scratch);
+    backward_tile<1, kHasWeight, kParamGrads, Store>(
+        dy, x, mean, rstd, w, dx, dw_acc, db_acc, N, r, scratch);
+  if constexpr (std::is_same_v<Store, StreamStore>) stream_fence();
 }
 
-// dw_acc and db_acc are both given (dweight/dbias wanted) or both nullptr.
-template <typename scalar_t, typename acc_t>
-void backward_rows(const scalar_t* dy, const scalar_t* x, const acc_t* mean,
-                   const acc_t* rstd, const acc_t* w, scalar_t* dx,
-                   acc_t* dw_acc, acc_t* db_acc, int64_t N, int64_t row_begin,
-                   int64_t row_end, acc_t* scratch) {
+template <typename Store, typename scalar_t, typename acc_t>
+void backward_rows_store(const scalar_t* dy, const scalar_t* x,
+                         const acc_t* mean, const acc_t* rstd, const acc_t* w,
+                         scalar_t* dx, acc_t* dw_acc, acc_t* db_acc, int64_t N,
+                         int64_t row_begin, int64_t row_end, acc_t* scratch) {
   const bool param_grads = dw_acc != nullptr;
   if (w != nullptr && param_grads)
-    backward_rows_impl<true, true>(dy, x, mean, rstd, w, dx, dw_acc, db_acc, N,
-                                   row_begin, row_end, scratch);
+    backward_rows_impl<true, true, Store>(dy, x, mean, rstd, w, dx, dw_acc,
+                                          db_acc, N, row_begin, row_end,
+                                          scratch);
   else if (w != nullptr)
-    backward_rows_impl<true, false>(dy, x, mean, rstd, w, dx, dw_acc, db_acc, N,
-                                    row_begin, row_end, scratch);
+    backward_rows_impl<true, false, Store>(dy, x, mean, rstd, w, dx, dw_acc,
+                                           db_acc, N, row_begin, row_end,
+                                           scratch);
   else if (param_grads)
-    backward_rows_impl<false, true>(dy, x, mean, rstd, w, dx, dw_acc, db_acc, N,
-                                    row_begin, row_end, scratch);
+    backward_rows_impl<false, true, Store>(dy, x, mean, rstd, w, dx, dw_acc,
+                                           db_acc, N, row_begin, row_end,
+                                           scratch);
   else
-    backward_rows_impl<false, false>(dy, x, mean, rstd, w, dx, dw_acc, db_acc,
+    backward_rows_impl<false, false, Store>(dy, x, mean, rstd, w, dx, dw_acc,
+                                            db_acc, N, row_begin, row_end,
+                                            scratch);
+}
+
+// dw_acc and db_acc are both given (dweight/dbias wanted) or both nullptr;
+// stream: write dx with StreamStore.
+template <typename scalar_t, typename acc_t>
+FASTLN_FLATTEN void backward_rows(const scalar_t* dy, const scalar_t* x,
+                                  const acc_t* mean, const acc_t* rstd,
+                                  const acc_t* w, scalar_t* dx, acc_t* dw_acc,
+                                  acc_t* db_acc, int64_t N, int64_t row_begin,
+                                  int64_t row_end, acc_t* scratch,
+                                  bool stream) {
+  if (stream)
+    backward_rows_store<StreamStore>(dy, x, mean, rstd, w, dx, dw_acc, db_acc,
                                      N, row_begin, row_end, scratch);
+  else
+    backward_rows_store<PlainStore>(dy, x, mean, rstd, w, dx, dw_acc, db_acc, N,
+                                    row_begin, row_end, scratch);
 }

@@ -27,9 +27,10 @@
 
 #include "../layer_norm.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
-// The F16C and AVX intrinsics, usable inside functions compiled for them
-// (the target pragma below) while the rest of the file stays baseline.
+#if defined(__x86_64__)
+// The SSE2 (baseline) intrinsics, and the F16C, AVX2 and AVX-512 ones,
+// usable inside functions compiled for them (the target pragmas below) while
+// the rest of the file stays baseline.
 #include <immintrin.h>
 #endif
 
@@ -69,8 +70,9 @@ namespace isa_avx2 {
 }  // namespace isa_avx2
 #if defined(__clang__)
 #pragma clang attribute pop
-#pragma clang attribute push(                                       \
-    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))), \
+#pragma clang attribute push(                                         \
+    __attribute__((                                                   \
+        target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))), \
     apply_to = function)
 #else
 #pragma GCC pop_options
@@ -141,14 +143,14 @@ Isa& active_isa() {
 
 // return NS::fn(args...) with NS the active copy's namespace.
 #ifdef FASTLN_HAVE_X86_KERNELS
-#define FASTLN_DISPATCH_ISA(fn, ...)                    \
-  switch (active_isa()) {                               \
-    case Isa::kAvx512:                                  \
-      return isa_avx512::fn(__VA_ARGS__);               \
-    case Isa::kAvx2:                                    \
-      return isa_avx2::fn(__VA_ARGS__);                 \
-    default:                                            \
-      return isa_base::fn(__VA_ARGS__);                 \
+#define FASTLN_DISPATCH_ISA(fn, ...)      \
+  switch (active_isa()) {                 \
+    case Isa::kAvx512:                    \
+      return isa_avx512::fn(__VA_ARGS__); \
+    case Isa::kAvx2:                      \
+      return isa_avx2::fn(__VA_ARGS__);   \
+    default:                              \
+      return isa_base::fn(__VA_ARGS__);   \
   }
 #else
 #define FASTLN_DISPATCH_ISA(fn, ...) return isa_base::fn(__VA_ARGS__);
@@ -157,18 +159,34 @@ Isa& active_isa() {
 template <typename scalar_t, typename acc_t>
 void forward_rows(const scalar_t* x, const acc_t* w, const acc_t* b,
                   scalar_t* y, acc_t* mean, acc_t* rstd, int64_t N, acc_t eps,
-                  int64_t begin, int64_t end, acc_t* scratch) {
+                  int64_t begin, int64_t end, acc_t* scratch, bool stream) {
   FASTLN_DISPATCH_ISA(forward_rows, x, w, b, y, mean, rstd, N, eps, begin, end,
-                      scratch)
+                      scratch, stream)
 }
 
 template <typename scalar_t, typename acc_t>
 void backward_rows(const scalar_t* dy, const scalar_t* x, const acc_t* mean,
                    const acc_t* rstd, const acc_t* w, scalar_t* dx,
                    acc_t* dw_acc, acc_t* db_acc, int64_t N, int64_t begin,
-                   int64_t end, acc_t* scratch) {
+                   int64_t end, acc_t* scratch, bool stream) {
   FASTLN_DISPATCH_ISA(backward_rows, dy, x, mean, rstd, w, dx, dw_acc, db_acc,
-                      N, begin, end, scratch)
+                      N, begin, end, scratch, stream)
+}
+
+// Whether an output of `bytes` is written with non-temporal stores
+// (kernels.h, StreamStore): when it is at least half this machine's 32 MiB
+// L3, it cannot stay cached beside the input that streams past it, and the
+// write-allocate reads are pure overhead (they held the fp32 forward of a
+// 16 MiB tensor at 67% of copy bandwidth). Smaller outputs stay in cache for
+// the next op.
+// FASTLN_CPU_STREAM=0 turns streaming off (to compare).
+bool stream_output(int64_t bytes) {
+  constexpr int64_t kStreamBytes = int64_t{16} << 20;
+  static const bool enabled = [] {
+    const char* env = std::getenv("FASTLN_CPU_STREAM");
+    return env == nullptr || std::string(env) != "0";
+  }();
+  return enabled && bytes >= kStreamBytes;
 }
 
 template <typename scalar_t, typename acc_t>
@@ -177,9 +195,8 @@ const acc_t* row_as_acc(const scalar_t* x, int64_t N, acc_t* buf) {
 }
 
 template <typename acc_t, typename T>
-void row_from_acc(const acc_t* src, int64_t N, T* out) {
-  FASTLN_DISPATCH_ISA(row_from_acc, src, N, out)
-}
+void row_from_acc(const acc_t* src, int64_t N,
+                  T* out){FASTLN_DISPATCH_ISA(row_from_acc, src, N, out)}
 
 // Rows handed to one task at a time: about 8K elements of work per task
 // (2-5 us, bfloat16/half rows the slower end) amortizes the 1-2 us it costs
@@ -353,10 +370,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_fwd_cpu(
         acc_t* mean_ptr = mean.mutable_data_ptr<acc_t>();
         acc_t* rstd_ptr = rstd.mutable_data_ptr<acc_t>();
         const acc_t eps_acc = static_cast<acc_t>(eps);
+        const bool stream = stream_output(out.nbytes());
         at::parallel_for(0, M, row_grain(N), [&](int64_t begin, int64_t end) {
           std::vector<acc_t> scratch(isa_base::kReadInPlace<scalar_t> ? 0 : N);
           forward_rows(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, N,
-                       eps_acc, begin, end, scratch.data());
+                       eps_acc, begin, end, scratch.data(), stream);
         });
       });
   return {out, mean, rstd};
@@ -411,6 +429,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd_cpu(
         scalar_t* dx_ptr = dx.mutable_data_ptr<scalar_t>();
         const int64_t scratch_size =
             isa_base::kReadInPlace<scalar_t> ? 0 : 2 * isa_base::kTileRows * N;
+        const bool stream = stream_output(dx.nbytes());
 
         if (!param_grads) {
           at::parallel_for(0, M, row_grain(N), [&](int64_t begin, int64_t end) {
@@ -418,7 +437,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd_cpu(
             backward_rows(dy_ptr, x_ptr, mean_ptr, rstd_ptr, w_ptr, dx_ptr,
                           static_cast<acc_t*>(nullptr),
                           static_cast<acc_t*>(nullptr), N, begin, end,
-                          scratch.data());
+                          scratch.data(), stream);
           });
           return;
         }
@@ -443,14 +462,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd_cpu(
               std::fill_n(block_sums, 2 * N, acc_t(0));
               backward_rows(dy_ptr, x_ptr, mean_ptr, rstd_ptr, w_ptr, dx_ptr,
                             block_sums, block_sums + N, N, begin, end,
-                            scratch.data());
+                            scratch.data(), stream);
               continue;
             }
             for (int64_t r = begin; r < end; r += kRowGroup) {
               acc_t* group = sums->start_group();
               backward_rows(dy_ptr, x_ptr, mean_ptr, rstd_ptr, w_ptr, dx_ptr,
                             group, group + N, N, r,
-                            std::min(end, r + kRowGroup), scratch.data());
+                            std::min(end, r + kRowGroup), scratch.data(),
+                            stream);
               sums->end_group();
             }
             sums->finish(block_sums);
@@ -499,7 +519,8 @@ TORCH_LIBRARY_IMPL(fastln, CPU, m) {
 
 }  // namespace cpu
 
-// Name of the CPU kernels in use ("avx512", "avx2" or "base"), for benchmarks and tests.
+// Name of the CPU kernels in use ("avx512", "avx2" or "base"), for benchmarks
+// and tests.
 std::string cpu_isa() { return cpu::isa_name(cpu::active_isa()); }
 
 }  // namespace fastln
