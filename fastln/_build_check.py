@@ -123,7 +123,9 @@ def describe() -> list[str]:
         )
     else:
         lines.append(f"CUDA kernels: no ({info['NO_CUDA_REASON']})")
-    lines.append(f"CPU kernels: {fastln.cpu_isa()} (FASTLN_CPU_ISA=base forces the portable ones)")
+    lines.append(
+        f"CPU kernels: {fastln.cpu_isa()} (FASTLN_CPU_ISA=avx2 or =base forces a narrower copy)"
+    )
     lines.append(f"SIMT backend: {simt_state()}")
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none visible"
     lines.append(f"GPU: {gpu}")

@@ -24,7 +24,8 @@ def cuda_built() -> bool:
 
 
 def cpu_isa() -> str:
-    """The CPU row kernels in use on this machine: ``"avx2"`` or ``"base"``."""
+    """The CPU row kernels in use on this machine: ``"avx512"``, ``"avx2"`` or ``"base"``
+    (the widest copy the processor runs unless ``FASTLN_CPU_ISA`` asks for a narrower one)."""
     return str(_C.cpu_isa())
 
 

@@ -124,6 +124,20 @@ def reference(
     )
 
 
+def cpu_flags() -> set[str]:
+    """The processor's feature flags (/proc/cpuinfo), empty where unknown: which
+    copies of the CPU kernels this machine runs, so that tests know which to check."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(next((line for line in f if line.startswith("flags")), "").split())
+    except OSError:
+        return set()
+
+
+AVX2_FLAGS = {"avx2", "fma", "f16c"}
+AVX512_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512dq"}
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

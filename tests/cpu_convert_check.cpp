@@ -33,40 +33,9 @@ struct BFloat16 {
 #include "cpu/kernels.h"
 #undef FASTLN_VEC_BYTES
 
-// The two copies of the vector code, as csrc/cpu/layer_norm_cpu.cpp builds
-// them.
-namespace isa_base {
-#define FASTLN_VEC_BYTES 16
-#include "cpu/kernels.h"
-#undef FASTLN_VEC_BYTES
-}  // namespace isa_base
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#define HAVE_AVX2_COPY 1
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
-namespace isa_avx2 {
-#define FASTLN_VEC_BYTES 32
-#define FASTLN_AVX2_INTRINSICS 1
-#include "cpu/kernels.h"
-#undef FASTLN_AVX2_INTRINSICS
-#undef FASTLN_VEC_BYTES
-}  // namespace isa_avx2
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-namespace isa_avx512 {
-#define FASTLN_VEC_BYTES 64
-#define FASTLN_AVX512_INTRINSICS 1
-#include "cpu/kernels.h"
-#undef FASTLN_AVX512_INTRINSICS
-#undef FASTLN_VEC_BYTES
-}  // namespace isa_avx512
-#pragma GCC diagnostic pop
-#pragma GCC pop_options
-#endif
+// The copies of the vector code, exactly as csrc/cpu/layer_norm_cpu.cpp
+// builds them.
+#include "cpu/kernel_copies.h"
 
 namespace {
 
@@ -213,7 +182,7 @@ void check_float_to_16(float f) {
   }
 
 DEFINE_VECTOR_CHECK(isa_base, )
-#ifdef HAVE_AVX2_COPY
+#ifdef FASTLN_HAVE_X86_KERNELS
 DEFINE_VECTOR_CHECK(isa_avx2, __attribute__((target("avx2,fma,f16c"))))
 DEFINE_VECTOR_CHECK(
     isa_avx512,
@@ -286,7 +255,7 @@ int main() {
   }
   while (floats.size() % 16) floats.push_back(0.0f);
   check_vectors_isa_base(all16, floats);
-#ifdef HAVE_AVX2_COPY
+#ifdef FASTLN_HAVE_X86_KERNELS
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
       __builtin_cpu_supports("f16c")) {

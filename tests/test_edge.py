@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_close, reference, run_layer_norm
+from conftest import AVX2_FLAGS, AVX512_FLAGS, assert_close, cpu_flags, reference, run_layer_norm
 
 import fastln
 
@@ -124,21 +124,13 @@ _ISA_SCRIPT = (
 )
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return set(next((line for line in f if line.startswith("flags")), "").split())
-    except OSError:
-        return set()
-
-
 def test_every_cpu_kernel_copy_agrees(tmp_path):
     # Each copy of the row kernels this processor can run (FASTLN_CPU_ISA picks
     # a narrower one; unset, the widest), on the same inputs, within tolerance
     # of the portable one.
-    flags = _cpu_flags()
-    has_avx2 = {"avx2", "fma", "f16c"} <= flags
-    has_avx512 = has_avx2 and {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags
+    flags = cpu_flags()
+    has_avx2 = AVX2_FLAGS <= flags
+    has_avx512 = has_avx2 and AVX512_FLAGS <= flags
     expected = {"base": "base"}
     if has_avx2:
         expected["avx2"] = "avx2"
