@@ -8,9 +8,13 @@ from ._build_check import build_info, check_torch
 # there with an undefined-symbol error that names neither version nor the fix.
 check_torch()
 
+from . import _integrations  # noqa: E402
 from ._ops import cpu_isa, cuda_built  # noqa: E402
 from .functional import layer_norm  # noqa: E402
 from .modules import LayerNorm, replace_layernorm  # noqa: E402
+
+_integrations.register_onnx_symbolic()
+_integrations.register_dtensor_sharding()  # only if DTensor is loaded already
 
 
 def _warn_if_gpu_unused() -> None:

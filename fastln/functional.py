@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
+from torch._C._functorch import maybe_current_level as _functorch_level
+from torch.autograd import forward_ad as _fwad
 
-from . import _ops
+from . import _integrations, _ops, _transforms
 
 __all__ = ["layer_norm"]
 
@@ -21,11 +24,8 @@ _CUDA_BUILT = _ops.cuda_built()
 _LAYER_NORM = torch.ops.fastln.layer_norm.default
 _LAYER_NORM_EAGER = _ops._C.layer_norm
 _is_compiling = torch.compiler.is_compiling
-
-
-def _supported_device(input: torch.Tensor) -> bool:
-    # meta runs the registered fake kernels (shape inference, deferred init).
-    return input.is_cpu or (input.is_cuda and _CUDA_BUILT) or input.is_meta
+_in_onnx_export = torch.onnx.is_in_onnx_export
+_Tensor = torch.Tensor
 
 
 def layer_norm(
@@ -43,15 +43,58 @@ def layer_norm(
     may be float32 when the input is float16/bfloat16; the output has the input's
     dtype.
     """
-    if isinstance(normalized_shape, int):
-        normalized_shape = (normalized_shape,)
-    elif type(normalized_shape) not in (tuple, list):
-        normalized_shape = tuple(int(s) for s in normalized_shape)
+    if type(normalized_shape) is not tuple and type(normalized_shape) is not list:
+        if isinstance(normalized_shape, int):
+            normalized_shape = (normalized_shape,)
+        else:
+            normalized_shape = tuple(int(s) for s in normalized_shape)
+    if _is_compiling():
+        _check_device(input)
+        if _in_onnx_export():
+            # torch.onnx.export(dynamo=True) traces through here: torch's own op
+            # becomes ONNX LayerNormalization (fastln's op has no ONNX form).
+            return F.layer_norm(input, normalized_shape, weight, bias, eps)
+        if input.is_nested:
+            return _integrations.nested_layer_norm(input, normalized_shape, weight, bias, eps)
+        return _LAYER_NORM(input, normalized_shape, weight, bias, eps)
+    # The common case first, in reads of thread-local state and attributes that
+    # cost less than a function call: a plain tensor on a device with kernels,
+    # no functorch transform, no forward-AD level. Everything else (transforms,
+    # forward AD, nested tensors, DTensor, Parameter, meta) takes _special_input.
+    if (
+        type(input) is _Tensor
+        and (input.is_cpu or (_CUDA_BUILT and input.is_cuda))
+        and _functorch_level() is None
+        and _fwad._current_level < 0
+    ):
+        return _LAYER_NORM_EAGER(input, normalized_shape, weight, bias, eps)
+    _check_device(input)
+    return _special_input(input, normalized_shape, weight, bias, eps)
+
+
+def _supported_device(input: torch.Tensor) -> bool:
+    # meta runs the registered fake kernels (shape inference, deferred init).
+    return input.is_cpu or (input.is_cuda and _CUDA_BUILT) or input.is_meta
+
+
+def _check_device(input: torch.Tensor) -> None:
     if not _supported_device(input):
         raise NotImplementedError(
             f"fastln.layer_norm has no kernel for {input.device.type} tensors in this build "
             f"(kernels: {'CPU and CUDA' if _CUDA_BUILT else 'CPU only'})"
         )
-    if _is_compiling():
-        return _LAYER_NORM(input, normalized_shape, weight, bias, eps)
+
+
+def _special_input(
+    input: torch.Tensor,
+    normalized_shape: Sequence[int],
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+) -> torch.Tensor:
+    if input.is_nested:
+        return _integrations.nested_layer_norm(input, normalized_shape, weight, bias, eps)
+    if _functorch_level() is not None or _fwad._current_level >= 0:
+        return _transforms.layer_norm_in_transform(input, normalized_shape, weight, bias, eps)
+    _integrations.register_dtensor_sharding()
     return _LAYER_NORM_EAGER(input, normalized_shape, weight, bias, eps)

@@ -24,6 +24,33 @@ class LayerNorm(nn.LayerNorm):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        # torch.jit.script compiles the module this returns, and puts it in the
+        # place of this one in the parent module (torch's design): the same
+        # parameters and attributes, a subclass whose forward TorchScript can
+        # compile (it calls fastln's op, which a saved script keeps; `import
+        # fastln` registers the op on loading) and which in eager runs this
+        # forward. This one stays free of a per-call is_scripting() test.
+        scriptable = _ScriptableLayerNorm.__new__(_ScriptableLayerNorm)
+        scriptable.__dict__.update(self.__dict__)
+        return scriptable
+
+
+class _ScriptableLayerNorm(LayerNorm):
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return torch.ops.fastln.layer_norm(
+                input, self.normalized_shape, self.weight, self.bias, self.eps
+            )
+        return self._eager_forward(input)
+
+    @torch.jit.unused
+    def _eager_forward(self, input: torch.Tensor) -> torch.Tensor:
+        return super().forward(input)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        return self
+
 
 def replace_layernorm(module: nn.Module) -> nn.Module:
     """Turns every ``torch.nn.LayerNorm`` in ``module`` (itself included) into a

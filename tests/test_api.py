@@ -254,6 +254,10 @@ def test_meta_tensors_give_shapes():
 def test_unsupported_device_error_message(monkeypatch):
     import fastln.functional
 
+    # The eager fast path handles CPU (and CUDA) tensors before any check; every
+    # other device reaches _check_device, whose message this is.
     monkeypatch.setattr(fastln.functional, "_supported_device", lambda input: False)
     with pytest.raises(NotImplementedError, match="fastln.layer_norm has no kernel for cpu"):
-        fastln.layer_norm(torch.randn(2, 3), [3])
+        fastln.functional._check_device(torch.randn(2, 3))
+    with pytest.raises(NotImplementedError, match="fastln.layer_norm has no kernel for meta"):
+        fastln.layer_norm(torch.randn(2, 3, device="meta"), [3])
