@@ -97,4 +97,6 @@ def _special_input(
     if _functorch_level() is not None or _fwad._current_level >= 0:
         return _transforms.layer_norm_in_transform(input, normalized_shape, weight, bias, eps)
     _integrations.register_dtensor_sharding()
-    return _LAYER_NORM_EAGER(input, normalized_shape, weight, bias, eps)
+    # torch.ops, unlike the binding of the fast path, honours __torch_function__
+    # (tensor subclasses see the call and get their type back).
+    return _LAYER_NORM(input, normalized_shape, weight, bias, eps)
