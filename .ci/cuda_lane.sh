@@ -51,7 +51,7 @@ pip=("$venv/bin/python" -m pip)
 torch_req="${FASTLN_CUDA_TORCH:-torch==2.13.0}"
 echo "cuda_lane: installing $torch_req (CUDA build) into $venv"
 env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null "${pip[@]}" install -q \
-  "$torch_req" ninja pybind11 pytest numpy setuptools wheel
+  "$torch_req" ninja pybind11 pytest numpy onnx onnxscript onnxruntime setuptools wheel
 "$venv/bin/python" - << 'EOF'
 import torch
 if torch.version.cuda is None:

@@ -27,15 +27,17 @@ using torch::autograd::variable_list;
 std::tuple<at::Tensor, at::Tensor, at::Tensor> call_forward(
     const at::Tensor& input, at::IntArrayRef normalized_shape,
     const std::optional<at::Tensor>& weight,
-    const std::optional<at::Tensor>& bias, double eps) {
+    const std::optional<at::Tensor>& bias, double eps,
+    std::optional<at::ScalarType> out_dtype) {
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("fastln::layer_norm_fwd", "")
           .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
               const at::Tensor&, at::IntArrayRef,
               const std::optional<at::Tensor>&,
-              const std::optional<at::Tensor>&, double)>();
-  return op.call(input, normalized_shape, weight, bias, eps);
+              const std::optional<at::Tensor>&, double,
+              std::optional<at::ScalarType>)>();
+  return op.call(input, normalized_shape, weight, bias, eps, out_dtype);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> call_backward(
@@ -69,7 +71,8 @@ variable_list composite_grads(const at::Tensor& grad_out,
                               const at::Tensor& input,
                               at::IntArrayRef normalized_shape,
                               const at::Tensor& weight, const at::Tensor& bias,
-                              double eps, std::array<bool, 3> needs) {
+                              double eps, at::ScalarType out_dtype,
+                              std::array<bool, 3> needs) {
   const at::ScalarType acc = stats_dtype(input.scalar_type());
   std::vector<int64_t> dims;
   for (int64_t d = -static_cast<int64_t>(normalized_shape.size()); d < 0; ++d)
@@ -79,7 +82,7 @@ variable_list composite_grads(const at::Tensor& grad_out,
   at::Tensor y = centered * at::rsqrt(centered.square().mean(dims, true) + eps);
   if (weight.defined()) y = y * weight.to(acc);
   if (bias.defined()) y = y + bias.to(acc);
-  y = y.to(input.scalar_type());
+  y = y.to(out_dtype);
 
   const std::array<const at::Tensor*, 3> tensors = {&input, &weight, &bias};
   variable_list wanted;
@@ -100,14 +103,16 @@ class LayerNormFunction : public torch::autograd::Function<LayerNormFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input,
                             at::IntArrayRef normalized_shape,
                             const std::optional<at::Tensor>& weight,
-                            const std::optional<at::Tensor>& bias, double eps) {
+                            const std::optional<at::Tensor>& bias, double eps,
+                            std::optional<at::ScalarType> out_dtype) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [out, mean, rstd] =
-        call_forward(input, normalized_shape, weight, bias, eps);
+        call_forward(input, normalized_shape, weight, bias, eps, out_dtype);
     ctx->save_for_backward({input, weight.value_or(at::Tensor()),
                             bias.value_or(at::Tensor()), mean, rstd});
     ctx->saved_data["normalized_shape"] = normalized_shape.vec();
     ctx->saved_data["eps"] = eps;
+    ctx->saved_data["out_dtype"] = out.scalar_type();
     return out;
   }
 
@@ -120,6 +125,8 @@ class LayerNormFunction : public torch::autograd::Function<LayerNormFunction> {
     const std::vector<int64_t> normalized_shape =
         ctx->saved_data["normalized_shape"].toIntVector();
     const double eps = ctx->saved_data["eps"].toDouble();
+    const at::ScalarType out_dtype =
+        ctx->saved_data["out_dtype"].toScalarType();
     // needs_input_grad counts the tensor arguments present: input, then
     // weight and bias when given.
     size_t edge = 1;
@@ -131,7 +138,7 @@ class LayerNormFunction : public torch::autograd::Function<LayerNormFunction> {
     if (at::GradMode::is_enabled()) {
       // backward(create_graph=True): the gradients must carry a graph.
       grads = composite_grads(grad_outputs[0], input, normalized_shape, weight,
-                              bias, eps, needs);
+                              bias, eps, out_dtype, needs);
     } else {
       auto [dx, dw, db] = call_backward(
           grad_outputs[0], input, normalized_shape, saved[3], saved[4],
@@ -139,8 +146,9 @@ class LayerNormFunction : public torch::autograd::Function<LayerNormFunction> {
       grads = {dx, dw, db};
     }
     // One gradient per forward argument: input, normalized_shape, weight,
-    // bias, eps.
-    return {grads[0], at::Tensor(), grads[1], grads[2], at::Tensor()};
+    // bias, eps, out_dtype.
+    return {grads[0], at::Tensor(), grads[1],
+            grads[2], at::Tensor(), at::Tensor()};
   }
 };
 
@@ -148,16 +156,19 @@ at::Tensor layer_norm_autograd(const at::Tensor& input,
                                at::IntArrayRef normalized_shape,
                                const std::optional<at::Tensor>& weight,
                                const std::optional<at::Tensor>& bias,
-                               double eps) {
-  return LayerNormFunction::apply(input, normalized_shape, weight, bias, eps);
+                               double eps,
+                               std::optional<at::ScalarType> out_dtype) {
+  return LayerNormFunction::apply(input, normalized_shape, weight, bias, eps,
+                                  out_dtype);
 }
 
 at::Tensor layer_norm_no_grad(const at::Tensor& input,
                               at::IntArrayRef normalized_shape,
                               const std::optional<at::Tensor>& weight,
-                              const std::optional<at::Tensor>& bias,
-                              double eps) {
-  return std::get<0>(call_forward(input, normalized_shape, weight, bias, eps));
+                              const std::optional<at::Tensor>& bias, double eps,
+                              std::optional<at::ScalarType> out_dtype) {
+  return std::get<0>(
+      call_forward(input, normalized_shape, weight, bias, eps, out_dtype));
 }
 
 }  // namespace

@@ -11,6 +11,10 @@
 namespace fastln {
 namespace {
 
+bool is_low_precision(at::ScalarType t) {
+  return t == at::kHalf || t == at::kBFloat16;
+}
+
 bool is_supported_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf ||
          t == at::kBFloat16;
@@ -27,8 +31,7 @@ void check_param(const at::Tensor& input, at::IntArrayRef normalized_shape,
               " to be on the same device as input (", input.device(),
               "), but got ", name, " on ", param.device());
   const at::ScalarType input_dtype = input.scalar_type();
-  const bool low_precision =
-      input_dtype == at::kHalf || input_dtype == at::kBFloat16;
+  const bool low_precision = is_low_precision(input_dtype);
   TORCH_CHECK(param.scalar_type() == input_dtype ||
                   (low_precision && param.scalar_type() == at::kFloat),
               "Expected ", name, " to have the input's dtype (", input_dtype,
@@ -57,12 +60,12 @@ std::vector<int64_t> stats_shape(const at::Tensor& input,
 }
 
 ForwardOutputs allocate_forward(const at::Tensor& input,
-                                at::IntArrayRef normalized_shape,
-                                RowShape rows) {
+                                at::IntArrayRef normalized_shape, RowShape rows,
+                                at::ScalarType out_dtype) {
   const at::ScalarType acc = stats_dtype(input.scalar_type());
   const auto stat_sizes = stats_shape(input, normalized_shape);
   const auto options = input.options();
-  ForwardOutputs o{at::empty(input.sizes(), options),
+  ForwardOutputs o{at::empty(input.sizes(), options.dtype(out_dtype)),
                    at::empty(stat_sizes, options.dtype(acc)),
                    at::empty(stat_sizes, options.dtype(acc)),
                    rows.M == 0 || rows.N == 0};
@@ -72,6 +75,22 @@ ForwardOutputs allocate_forward(const at::Tensor& input,
     o.rstd.fill_(std::numeric_limits<double>::quiet_NaN());
   }
   return o;
+}
+
+at::ScalarType output_dtype(const at::Tensor& input,
+                            std::optional<at::ScalarType> out_dtype) {
+  const at::ScalarType in = input.scalar_type();
+  if (!out_dtype.has_value() || *out_dtype == in) return in;
+  TORCH_CHECK(is_low_precision(in) && *out_dtype == at::kFloat,
+              "fastln layer_norm: out_dtype must be the input's dtype (", in,
+              ")", is_low_precision(in) ? " or Float" : "", ", but got ",
+              *out_dtype);
+  return *out_dtype;
+}
+
+std::optional<at::Tensor> as_float(const std::optional<at::Tensor>& t) {
+  if (!t.has_value() || !t->defined()) return std::nullopt;
+  return t->to(at::kFloat);
 }
 
 at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
@@ -129,9 +148,13 @@ RowShape check_backward_inputs(const at::Tensor& grad_out,
   TORCH_CHECK(grad_out.sizes() == input.sizes(),
               "Expected grad_out to have the input's shape ", input.sizes(),
               ", but got ", grad_out.sizes());
-  TORCH_CHECK(grad_out.scalar_type() == input.scalar_type(),
+  const bool float_grad = is_low_precision(input.scalar_type()) &&
+                          grad_out.scalar_type() == at::kFloat;
+  TORCH_CHECK(grad_out.scalar_type() == input.scalar_type() || float_grad,
               "Expected grad_out to have the input's dtype ",
-              input.scalar_type(), ", but got ", grad_out.scalar_type());
+              input.scalar_type(),
+              is_low_precision(input.scalar_type()) ? " or Float" : "",
+              ", but got ", grad_out.scalar_type());
   TORCH_CHECK(grad_out.device() == input.device(),
               "Expected grad_out to be on the input's device ", input.device(),
               ", but got ", grad_out.device());

@@ -1,8 +1,8 @@
 // Host-side contract shared by the CPU and CUDA backends of the fastln ops.
 //
 // The two ops (declared once in ops.cpp) are
-//   fastln::layer_norm_fwd(input, normalized_shape, weight?, bias?, eps)
-//       -> (out, mean, rstd)
+//   fastln::layer_norm_fwd(input, normalized_shape, weight?, bias?, eps,
+//                          out_dtype?) -> (out, mean, rstd)
 //   fastln::layer_norm_bwd(grad_out, input, normalized_shape, mean, rstd,
 //                          weight?, bias?, output_mask) -> (dx, dweight, dbias)
 // Every backend sees the input as an [M, N] row-major matrix: M rows (the
@@ -10,6 +10,12 @@
 // normalized_shape). mean/rstd have the leading dims of the input followed by
 // one 1 per normalized dim (torch's layout), in float32 for half/bfloat16/float
 // input and float64 for double input.
+//
+// out_dtype (default: the input's) may be float32 for half/bfloat16 input:
+// the output is then the float32 layer norm of the input, unrounded, which is
+// what torch.autocast("cuda") asks of layer_norm (it would otherwise upcast
+// the input in a pass of its own). grad_out then comes in float32 too; dx is
+// always in the input's dtype.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -36,7 +42,13 @@ RowShape check_forward_inputs(const at::Tensor& input,
                               const std::optional<at::Tensor>& weight,
                               const std::optional<at::Tensor>& bias);
 
+// The output dtype: out_dtype when given (the input's dtype, or float32 for
+// half/bfloat16 input; anything else is a RuntimeError), else the input's.
+at::ScalarType output_dtype(const at::Tensor& input,
+                            std::optional<at::ScalarType> out_dtype);
+
 // The forward checks, plus grad_out/mean/rstd shape, dtype and device checks.
+// grad_out has the input's dtype, or float32 for half/bfloat16 input.
 RowShape check_backward_inputs(const at::Tensor& grad_out,
                                const at::Tensor& input,
                                at::IntArrayRef normalized_shape,
@@ -51,7 +63,8 @@ at::ScalarType stats_dtype(at::ScalarType input_dtype);
 std::vector<int64_t> stats_shape(const at::Tensor& input,
                                  at::IntArrayRef normalized_shape);
 
-// The forward's outputs, allocated like the input: out, and mean/rstd of
+// The forward's outputs, allocated like the input: out (in out_dtype), and
+// mean/rstd of
 // stats_shape in stats_dtype. `done` when there is nothing to normalize
 // (M == 0, or N == 0, where mean/rstd already hold torch's convention), so
 // that a backend launches no kernel. Shared by every backend.
@@ -60,8 +73,12 @@ struct ForwardOutputs {
   bool done;
 };
 ForwardOutputs allocate_forward(const at::Tensor& input,
-                                at::IntArrayRef normalized_shape,
-                                RowShape rows);
+                                at::IntArrayRef normalized_shape, RowShape rows,
+                                at::ScalarType out_dtype);
+
+// An optional parameter in float32 (absent stays absent): the float-output
+// paths take float32 weight/bias only.
+std::optional<at::Tensor> as_float(const std::optional<at::Tensor>& t);
 
 // Returns a contiguous version of an optional parameter, or an undefined
 // tensor when it is absent.

@@ -17,7 +17,8 @@ TORCH_LIBRARY(fastln, m) {
   // (csrc/autograd.cpp); the two below are its kernels, one per direction.
   m.def(
       "layer_norm(Tensor input, int[] normalized_shape, Tensor? weight=None, "
-      "Tensor? bias=None, float eps=1e-05) -> Tensor");
+      "Tensor? bias=None, float eps=1e-05, ScalarType? out_dtype=None) -> "
+      "Tensor");
   m.def(kLayerNormFwdSchema);
   m.def(kLayerNormBwdSchema);
 }
@@ -50,8 +51,10 @@ PYBIND11_MODULE(_C, m) {
                 .findSchemaOrThrow("fastln::layer_norm", "")
                 .typed<at::Tensor(const at::Tensor&, at::IntArrayRef,
                                   const std::optional<at::Tensor>&,
-                                  const std::optional<at::Tensor>&, double)>();
-        return op.call(input, normalized_shape, weight, bias, eps);
+                                  const std::optional<at::Tensor>&, double,
+                                  std::optional<at::ScalarType>)>();
+        return op.call(input, normalized_shape, weight, bias, eps,
+                       std::nullopt);
       },
       py::arg("input"), py::arg("normalized_shape"), py::arg("weight"),
       py::arg("bias"), py::arg("eps"));

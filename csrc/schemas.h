@@ -7,7 +7,8 @@ namespace fastln {
 
 inline constexpr const char* kLayerNormFwdSchema =
     "layer_norm_fwd(Tensor input, int[] normalized_shape, Tensor? weight, "
-    "Tensor? bias, float eps) -> (Tensor, Tensor, Tensor)";
+    "Tensor? bias, float eps, ScalarType? out_dtype=None) -> "
+    "(Tensor, Tensor, Tensor)";
 inline constexpr const char* kLayerNormBwdSchema =
     "layer_norm_bwd(Tensor grad_out, Tensor input, int[] normalized_shape, "
     "Tensor mean, Tensor rstd, Tensor? weight, Tensor? bias, "

@@ -10,8 +10,8 @@ check_torch()
 
 from . import _integrations  # noqa: E402
 from ._ops import cpu_isa, cuda_built  # noqa: E402
-from .functional import layer_norm  # noqa: E402
-from .modules import LayerNorm, replace_layernorm  # noqa: E402
+from .functional import layer_norm, low_precision_layer_norm  # noqa: E402
+from .modules import LayerNorm, LowPrecisionLayerNorm, replace_layernorm  # noqa: E402
 
 _integrations.register_onnx_symbolic()
 _integrations.register_dtensor_sharding()  # only if DTensor is loaded already
@@ -37,10 +37,12 @@ _warn_if_gpu_unused()
 
 __all__ = [
     "LayerNorm",
+    "LowPrecisionLayerNorm",
     "build_info",
     "cpu_isa",
     "cuda_built",
     "layer_norm",
+    "low_precision_layer_norm",
     "replace_layernorm",
 ]
 __version__ = "0.1.0"

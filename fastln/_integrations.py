@@ -74,27 +74,31 @@ def register_dtensor_sharding() -> None:
 
     ops = torch.ops.fastln
 
+    def forward_rules(
+        input: Any, normalized_shape: Any, weight: Any, bias: Any, outputs: int, rest: tuple
+    ) -> list:
+        # The arguments: input, normalized_shape, weight, bias, eps[, out_dtype].
+        def rule(p: Any) -> tuple:
+            return [p] * outputs, [p, None, param(weight), param(bias), None] + [None] * len(rest)
+
+        return [rule(Replicate())] + [rule(Shard(d)) for d in sharded_dims(input, normalized_shape)]
+
     @register_sharding([ops.layer_norm_fwd.default])
     def _fwd(
-        input: Any, normalized_shape: Sequence[int], weight: Any, bias: Any, eps: float
+        input: Any, normalized_shape: Any, weight: Any, bias: Any, eps: Any, *rest: Any
     ) -> list:
-        rules = [([Replicate()] * 3, [Replicate(), None, param(weight), param(bias), None])]
-        for d in sharded_dims(input, normalized_shape):
-            rules.append(([Shard(d)] * 3, [Shard(d), None, param(weight), param(bias), None]))
-        return rules
+        return forward_rules(input, normalized_shape, weight, bias, 3, rest)
 
     @register_sharding([ops.layer_norm.default])
     def _op(
         input: Any,
-        normalized_shape: Sequence[int],
+        normalized_shape: Any,
         weight: Any = None,
         bias: Any = None,
-        eps: float = 1e-5,
+        eps: Any = 1e-5,
+        *rest: Any,
     ) -> list:
-        rules = [([Replicate()], [Replicate(), None, param(weight), param(bias), None])]
-        for d in sharded_dims(input, normalized_shape):
-            rules.append(([Shard(d)], [Shard(d), None, param(weight), param(bias), None]))
-        return rules
+        return forward_rules(input, normalized_shape, weight, bias, 1, rest)
 
     @register_sharding([ops.layer_norm_bwd.default])
     def _bwd(
@@ -107,45 +111,38 @@ def register_dtensor_sharding() -> None:
         bias: Any,
         output_mask: Sequence[bool],
     ) -> list:
-        def outs(dx: Any, reduced: Any) -> list:
-            return [
+        def rule(dx: Any, reduced: Any) -> tuple:
+            outs = [
                 dx if output_mask[0] else None,
                 reduced if output_mask[1] and weight is not None else None,
                 reduced if output_mask[2] and bias is not None else None,
             ]
+            return outs, [dx, dx, None, dx, dx, param(weight), param(bias), None]
 
-        def ins(p: Any) -> list:
-            return [p, p, None, p, p, param(weight), param(bias), None]
-
-        rules = [(outs(Replicate(), Replicate()), ins(Replicate()))]
+        rules = [rule(Replicate(), Replicate())]
         for d in sharded_dims(input, normalized_shape):
-            rules.append((outs(Shard(d), Partial()), ins(Shard(d))))
+            rules.append(rule(Shard(d), Partial()))
         return rules
-
-    # register_sharding keys its cache on the tensor specs only (normalized_shape,
-    # an int list, is left out), yet which dims may be sharded depends on it: make
-    # normalized_shape and everything after it part of the key.
-    from torch.distributed.tensor import DTensor
-    from torch.distributed.tensor._op_schema import RuntimeSchemaInfo
-
-    infos = DTensor._op_dispatcher.sharding_propagator.op_to_schema_info
-    for op, static_from in (
-        (ops.layer_norm_fwd.default, 1),
-        (ops.layer_norm.default, 1),
-        (ops.layer_norm_bwd.default, 2),
-    ):
-        infos[op] = RuntimeSchemaInfo(static_from, needs_pytree=True)
 
 
 def register_onnx_symbolic() -> None:
     """fastln::layer_norm as ONNX ``LayerNormalization`` (opset 17, the first to
     have it) in the TorchScript-based exporter, by torch's own symbolic for
     ``aten::layer_norm``."""
-    from torch.onnx import register_custom_op_symbolic, symbolic_opset17
+    from torch.onnx import register_custom_op_symbolic, symbolic_helper, symbolic_opset17
 
     def symbolic(
-        g: Any, input: Any, normalized_shape: Any, weight: Any, bias: Any, eps: Any
+        g: Any,
+        input: Any,
+        normalized_shape: Any,
+        weight: Any,
+        bias: Any,
+        eps: Any,
+        out_dtype: Any = None,
     ) -> Any:
+        if out_dtype is not None and not symbolic_helper._is_none(out_dtype):
+            # float32 output of 16-bit input: the layer norm of the upcast input.
+            input = g.op("Cast", input, to_i=torch._C._onnx.TensorProtoDataType.FLOAT)
         return symbolic_opset17.layer_norm(g, input, normalized_shape, weight, bias, eps, False)
 
     register_custom_op_symbolic("fastln::layer_norm", symbolic, 17)

@@ -39,8 +39,10 @@ def check_forward_inputs(
     normalized_shape: Sequence[int],
     weight: torch.Tensor | None,
     bias: torch.Tensor | None,
-) -> None:
-    """The shape checks of csrc/ops.cpp, for tracing (the C++ op runs its own).
+    out_dtype: torch.dtype | None = None,
+) -> torch.dtype:
+    """The checks of csrc/checks.cpp, for tracing (the C++ op runs its own);
+    returns the output dtype.
 
     Same exception types and messages as torch's layer_norm, so a traced model
     fails the way an eager one does.
@@ -86,6 +88,24 @@ def check_forward_inputs(
             "Expected weight and bias to have the same dtype, but got weight of dtype "
             f"{weight.dtype} and bias of dtype {bias.dtype}"
         )
+    return output_dtype(input.dtype, out_dtype)
+
+
+def _low_precision(dtype: torch.dtype) -> bool:
+    return dtype in (torch.float16, torch.bfloat16)
+
+
+def output_dtype(input_dtype: torch.dtype, out_dtype: torch.dtype | None) -> torch.dtype:
+    """out_dtype if given (the input's, or float32 for 16-bit input), else the
+    input's dtype; csrc/checks.cpp's output_dtype."""
+    if out_dtype is None or out_dtype == input_dtype:
+        return input_dtype
+    if not (_low_precision(input_dtype) and out_dtype == torch.float32):
+        raise RuntimeError(
+            f"fastln layer_norm: out_dtype must be the input's dtype ({input_dtype})"
+            f"{' or Float' if _low_precision(input_dtype) else ''}, but got {out_dtype}"
+        )
+    return out_dtype
 
 
 def _stats_shape(input: torch.Tensor, normalized_shape: Sequence[int]) -> list[int]:
@@ -100,12 +120,13 @@ def _layer_norm_fwd_fake(
     weight: torch.Tensor | None,
     bias: torch.Tensor | None,
     eps: float,
+    out_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    check_forward_inputs(input, normalized_shape, weight, bias)
+    out = check_forward_inputs(input, normalized_shape, weight, bias, out_dtype)
     stats = _stats_shape(input, normalized_shape)
     acc = stats_dtype(input.dtype)
     return (
-        input.new_empty(input.shape),
+        input.new_empty(input.shape, dtype=out),
         input.new_empty(stats, dtype=acc),
         input.new_empty(stats, dtype=acc),
     )
@@ -118,9 +139,10 @@ def _layer_norm_fake(
     weight: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
     eps: float = 1e-5,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    check_forward_inputs(input, normalized_shape, weight, bias)
-    return input.new_empty(input.shape)
+    out = check_forward_inputs(input, normalized_shape, weight, bias, out_dtype)
+    return input.new_empty(input.shape, dtype=out)
 
 
 @torch.library.register_fake("fastln::layer_norm_bwd")
@@ -139,6 +161,12 @@ def _layer_norm_bwd_fake(
         raise RuntimeError(
             f"Expected grad_out to have the input's shape {list(input.shape)}, but got "
             f"{list(grad_out.shape)}"
+        )
+    float_grad = _low_precision(input.dtype) and grad_out.dtype == torch.float32
+    if grad_out.dtype != input.dtype and not float_grad:
+        raise RuntimeError(
+            f"Expected grad_out to have the input's dtype {input.dtype}"
+            f"{' or Float' if _low_precision(input.dtype) else ''}, but got {grad_out.dtype}"
         )
     dx = input.new_empty(input.shape) if output_mask[0] else None
     dw = weight.new_empty(weight.shape) if output_mask[1] and weight is not None else None

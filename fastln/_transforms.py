@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch._C import _functorch
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+from torch.autograd import forward_ad as _fwad
 
 from ._ops import stats_dtype
 
@@ -40,8 +41,6 @@ __all__ = ["composite_layer_norm", "layer_norm_in_transform"]
 
 _FWD = torch.ops.fastln.layer_norm_fwd.default
 _BWD = torch.ops.fastln.layer_norm_bwd.default
-# Transforms whose outputs are differentiated (vmap and functionalize are not).
-_DIFFERENTIATING = (torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp)
 
 
 def _dims(normalized_shape: Sequence[int]) -> list[int]:
@@ -76,17 +75,17 @@ def _unwrapped(t: torch.Tensor) -> torch.Tensor:
 
 
 def _differentiating_levels(tensors: Sequence[torch.Tensor | None]) -> int:
-    levels = sum(i.key() in _DIFFERENTIATING for i in retrieve_all_functorch_interpreters())
+    keys = [i.key() for i in retrieve_all_functorch_interpreters()]
+    grads = keys.count(_functorch.TransformType.Grad)
+    # torch.func.jvp opens a forward-AD level of its own, so the open levels
+    # (torch.autograd.forward_ad) count beyond the Jvp transforms only.
+    forward = max(keys.count(_functorch.TransformType.Jvp), _fwad._current_level + 1)
     # Plain autograd beneath the transforms (torch.func.grad called inside a
-    # function that is itself being backpropagated) and an open forward-AD level
-    # each differentiate once more.
-    if torch.is_grad_enabled() and any(
+    # function that is itself being backpropagated) differentiates once more.
+    eager = torch.is_grad_enabled() and any(
         t is not None and _unwrapped(t).requires_grad for t in tensors
-    ):
-        levels += 1
-    if torch.autograd.forward_ad._current_level >= 0:
-        levels += 1
-    return levels
+    )
+    return grads + forward + int(eager)
 
 
 class _LayerNormFunction(torch.autograd.Function):

@@ -11,7 +11,7 @@ from torch.autograd import forward_ad as _fwad
 
 from . import _integrations, _ops, _transforms
 
-__all__ = ["layer_norm"]
+__all__ = ["layer_norm", "low_precision_layer_norm"]
 
 
 _CUDA_BUILT = _ops.cuda_built()
@@ -100,3 +100,37 @@ def _special_input(
     # torch.ops, unlike the binding of the fast path, honours __torch_function__
     # (tensor subclasses see the call and get their type back).
     return _LAYER_NORM(input, normalized_shape, weight, bias, eps)
+
+
+def low_precision_layer_norm(
+    input: torch.Tensor,
+    normalized_shape: int | Sequence[int],
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """:func:`layer_norm` whose output, under ``torch.autocast``, has the autocast
+    dtype (an explicit opt-in: torch's own policy gives float32 on CUDA and the
+    input's dtype on the CPU).
+
+    What timm's ``fast_norm`` and MosaicML's ``LPLayerNorm`` write by hand: the
+    input is cast to the autocast dtype when it is not in it already (16-bit
+    input is read as it is), and the layer norm runs with autocast off. Unlike
+    them, float32 weight/bias are not rounded to 16 bits: fastln's kernels read
+    them as they are, next to the 16-bit input. Outside autocast this is
+    :func:`layer_norm`.
+    """
+    device = input.device.type
+    if not torch.is_autocast_enabled(device):
+        return layer_norm(input, normalized_shape, weight, bias, eps)
+    dtype = torch.get_autocast_dtype(device)
+
+    def cast(t: torch.Tensor | None, keep_float: bool) -> torch.Tensor | None:
+        if t is None or t.dtype == dtype or (keep_float and t.dtype == torch.float32):
+            return t
+        return t.to(dtype) if t.is_floating_point() else t
+
+    with torch.autocast(device_type=device, enabled=False):
+        return layer_norm(
+            cast(input, False), normalized_shape, cast(weight, True), cast(bias, True), eps
+        )

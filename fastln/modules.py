@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .functional import layer_norm
+from .functional import layer_norm, low_precision_layer_norm
 
-__all__ = ["LayerNorm", "replace_layernorm"]
+__all__ = ["LayerNorm", "LowPrecisionLayerNorm", "replace_layernorm"]
 
 
 class LayerNorm(nn.LayerNorm):
@@ -52,7 +52,24 @@ class _ScriptableLayerNorm(LayerNorm):
         return self
 
 
-def replace_layernorm(module: nn.Module) -> nn.Module:
+class LowPrecisionLayerNorm(LayerNorm):
+    """:class:`LayerNorm` whose output, under ``torch.autocast``, has the autocast
+    dtype (see :func:`fastln.low_precision_layer_norm`); outside autocast it is
+    :class:`LayerNorm`. An explicit opt-in: torch's policy, which
+    ``LayerNorm`` follows, gives float32 under ``torch.autocast("cuda")``."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return low_precision_layer_norm(
+            input, self.normalized_shape, self.weight, self.bias, self.eps
+        )
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        # Not the scriptable LayerNorm, which would drop the low-precision policy:
+        # TorchScript compiles this forward or says why it cannot.
+        return self
+
+
+def replace_layernorm(module: nn.Module, *, low_precision: bool = False) -> nn.Module:
     """Turns every ``torch.nn.LayerNorm`` in ``module`` (itself included) into a
     ``fastln.LayerNorm``, in place, and returns ``module``.
 
@@ -61,8 +78,10 @@ def replace_layernorm(module: nn.Module) -> nn.Module:
     hooks and training mode: only their class changes, which is sound because
     ``fastln.LayerNorm`` adds no state to ``nn.LayerNorm``. Subclasses of
     ``nn.LayerNorm`` are left alone, since they may override ``forward``.
+    ``low_precision=True`` makes them :class:`LowPrecisionLayerNorm` instead.
     """
+    cls = LowPrecisionLayerNorm if low_precision else LayerNorm
     for sub in module.modules():
         if type(sub) is nn.LayerNorm:
-            sub.__class__ = LayerNorm
+            sub.__class__ = cls
     return module

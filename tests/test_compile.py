@@ -17,6 +17,7 @@ def _opcheck_samples():
     yield torch.ops.fastln.layer_norm_fwd, (x, [6, 8], None, None, 1e-5)
     yield torch.ops.fastln.layer_norm_fwd, (x.bfloat16(), [8], w, b, 1e-5)
     yield torch.ops.fastln.layer_norm_fwd, (x.double(), [8], w.double(), None, 0.0)
+    yield torch.ops.fastln.layer_norm_fwd, (x.bfloat16(), [8], w, b, 1e-5, torch.float32)
 
     # The op fastln.layer_norm calls, with its C++ autograd: opcheck also
     # checks the autograd registration and traces its backward (aot_dispatch).
@@ -29,10 +30,20 @@ def _opcheck_samples():
     yield torch.ops.fastln.layer_norm, (x, [8], None, grad(b), 1e-5)
     yield torch.ops.fastln.layer_norm, (grad(x.bfloat16()), [8], grad(w), grad(b), 1e-5)
     yield torch.ops.fastln.layer_norm, (x.double(), [8], w.double(), b.double(), 0.0)
+    # float32 output of 16-bit input (CUDA autocast's layer norm)
+    yield (
+        torch.ops.fastln.layer_norm,
+        (grad(x.bfloat16()), [8], grad(w), grad(b), 1e-5, torch.float32),
+    )
     _, mean, rstd = torch.ops.fastln.layer_norm_fwd(x, [8], w, b, 1e-5)
     dy = torch.randn_like(x)
     yield torch.ops.fastln.layer_norm_bwd, (dy, x, [8], mean, rstd, w, b, [True, True, True])
     yield torch.ops.fastln.layer_norm_bwd, (dy, x, [8], mean, rstd, w, b, [True, False, True])
+    _, mean16, rstd16 = torch.ops.fastln.layer_norm_fwd(x.bfloat16(), [8], w, b, 1e-5)
+    yield (
+        torch.ops.fastln.layer_norm_bwd,
+        (dy, x.bfloat16(), [8], mean16, rstd16, w, b, [True, True, True]),
+    )
     yield (
         torch.ops.fastln.layer_norm_bwd,
         (dy, x, [8], mean, rstd, None, None, [True, False, False]),

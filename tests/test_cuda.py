@@ -149,6 +149,28 @@ def test_mixed_precision_params(backend, n, dtype, affine):
     check_against_reference(backend, x, (n,), w, b, 1e-5, g, dtype, what=f"mixed N={n}")
 
 
+@pytest.mark.parametrize("param_dtype", ["float32", "input"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("n", [7, 768, 1025, 4096, 12288, 65536, 262144])
+def test_float_output_of_16bit_input(backend, n, dtype, param_dtype):
+    """out_dtype=float32 (CUDA autocast's layer norm): the 16-bit input read as
+    it is, a float32 output of float32 accuracy; the backward takes a float32
+    grad_out and gives dx in the input's dtype, dweight/dbias in theirs. Every
+    kernel: registers and looping (row cached in shared memory, and not)."""
+    p_dtype = torch.float32 if param_dtype == "float32" else dtype
+    x, w, b, _ = make_case((rows_for(n), n), (n,), dtype, backend.device, "wb", p_dtype)
+    g = torch.randn(x.shape, dtype=torch.float32, device=backend.device)
+    out, mean, rstd = backend.fwd(x, [n], w, b, 1e-5, torch.float32)
+    assert out.dtype == torch.float32
+    dx, dw, db = backend.bwd(g, x, [n], mean, rstd, w, b, [True, True, True])
+    assert dx.dtype == dtype and dw.dtype == db.dtype == p_dtype
+    r_out, r_dx, r_dw, r_db = reference(x, (n,), w, b, 1e-5, g)
+    assert_close(out, r_out, torch.float32, what=f"float out N={n}")
+    assert_close(dx, r_dx, dtype, backward=True, what="dx")
+    assert_close(dw, r_dw, p_dtype, backward=True, what="dweight")
+    assert_close(db, r_db, p_dtype, backward=True, what="dbias")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_one_million_columns(backend, dtype):
     n = 1 << 20

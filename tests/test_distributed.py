@@ -6,6 +6,7 @@ and passes when both exit cleanly (a case raises on any mismatch with torch).
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch.distributed as dist
+
+import fastln
 
 pytestmark = pytest.mark.skipif(
     not dist.is_available() or not dist.is_gloo_available(), reason="torch without gloo"
@@ -31,12 +34,17 @@ def _free_port() -> int:
 
 def _run(case: str) -> None:
     port = str(_free_port())
+    # The ranks import the fastln this test process imported (a script's own
+    # folder, not the working directory, heads its sys.path).
+    root = str(Path(fastln.__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     procs = [
         subprocess.Popen(
             [sys.executable, str(CASES), case, str(rank), str(WORLD), port],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            env=env,
         )
         for rank in range(WORLD)
     ]

@@ -177,12 +177,14 @@ def test_forward_ad_dual_tensors(dtype, kernel_calls):
     assert kernel_calls["fwd"] == 1
 
 
-def test_func_jvp_and_jacfwd():
+def test_func_jvp_and_jacfwd(kernel_calls):
     x, w, b = _data()
     tangents = tuple(torch.randn_like(t) for t in (x, w, b))
     _close(jvp(OURS, (x, w, b), tangents), jvp(TORCH, (x, w, b), tangents), backward=True)
     for argnums in (0, (0, 1, 2)):
         _close(jacfwd(OURS, argnums)(x, w, b), jacfwd(TORCH, argnums)(x, w, b), backward=True)
+    # fastln's forward kernel each time, with the tangent rule (not the composite)
+    assert kernel_calls["fwd"] == 3, kernel_calls
 
 
 def test_forward_ad_over_backward():
@@ -360,6 +362,96 @@ def test_autocast_cpu_keeps_the_input_dtype_like_torch(dtype, autocast_dtype):
         h = lin(x.float())
         assert fastln.layer_norm(h, NS, w, b).dtype == F.layer_norm(h, NS, w, b).dtype
     _close(got.detach(), want, dtype)
+
+
+_AUTOCAST_CUDA = torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCUDA)
+
+
+def _under_cuda_autocast_policy(x, w, b, out_dtype=None):
+    """fastln's AutocastCUDA kernel (csrc/autocast.cpp) called through the
+    dispatcher on CPU tensors: the policy's decisions, testable without a GPU
+    (the weight cache only casts CUDA tensors; the op casts 16-bit weights
+    itself for a float output)."""
+    return torch.ops.fastln.layer_norm.default.redispatch(
+        _AUTOCAST_CUDA, x, list(NS), w, b, 1e-5, out_dtype
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("param_dtype", ["float32", "input"])
+def test_autocast_cuda_policy_gives_torchs_float32(dtype, param_dtype):
+    # torch under autocast("cuda"): layer_norm(x.float(), w.float(), b.float()).
+    x, w, b = _data(dtype)
+    if param_dtype == "float32":
+        w, b = w.float(), b.float()
+    xl, wl, bl = (t.clone().requires_grad_() for t in (x, w, b))
+    got = _under_cuda_autocast_policy(xl, wl, bl)
+    xr, wr, br = (t.clone().requires_grad_() for t in (x, w, b))
+    want = F.layer_norm(xr.float(), NS, wr.float(), br.float())
+    assert got.dtype == torch.float32
+    _close(got.detach(), want.detach(), torch.float32)
+    g = torch.randn_like(want)
+    got.backward(g)
+    want.backward(g)
+    assert xl.grad.dtype == dtype and wl.grad.dtype == w.dtype
+    _close((xl.grad, wl.grad, bl.grad), (xr.grad, wr.grad, br.grad), dtype, backward=True)
+
+
+def test_autocast_cuda_policy_leaves_float_and_explicit_requests():
+    x, w, b = _data(torch.float32)
+    _close(_under_cuda_autocast_policy(x, w, b), F.layer_norm(x, NS, w, b), torch.float32)
+    xd, wd, bd = _data(torch.float64)
+    assert _under_cuda_autocast_policy(xd, wd, bd).dtype == torch.float64
+    xh = x.bfloat16()
+    # an explicit out_dtype is obeyed: the input's dtype stays
+    assert _under_cuda_autocast_policy(xh, w, b, torch.bfloat16).dtype == torch.bfloat16
+
+
+def test_out_dtype_checks_like_the_op_doc():
+    x, w, b = _data(torch.float32)
+    with pytest.raises(RuntimeError, match="out_dtype must be the input's dtype"):
+        torch.ops.fastln.layer_norm(x, [8], w, b, 1e-5, torch.bfloat16)
+    with pytest.raises(RuntimeError, match="out_dtype must be the input's dtype"):
+        torch.ops.fastln.layer_norm(x.bfloat16(), [8], w, b, 1e-5, torch.float16)
+    with pytest.raises(RuntimeError, match="Expected grad_out to have the input's dtype"):
+        _, mean, rstd = torch.ops.fastln.layer_norm_fwd(x, [8], w, b, 1e-5)
+        torch.ops.fastln.layer_norm_bwd(x.double(), x, [8], mean, rstd, w, b, [True, True, True])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_low_precision_opt_in_cpu(dtype):
+    x, w, b = _data(dtype)
+    w, b = w.float(), b.float()
+    ln = fastln.LowPrecisionLayerNorm(8)
+    ln.load_state_dict({"weight": w, "bias": b})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = ln(x)
+        got_f = fastln.low_precision_layer_norm(x, NS, w, b)
+    # timm's fast_norm / MosaicML's LPLayerNorm by hand: everything in bfloat16.
+    want = F.layer_norm(x.bfloat16(), NS, w.bfloat16(), b.bfloat16())
+    assert got.dtype == got_f.dtype == torch.bfloat16
+    _close(got.detach(), want, torch.bfloat16)
+    _close(got_f, want, torch.bfloat16)
+    # outside autocast: fastln.LayerNorm
+    _close(ln(x).detach(), F.layer_norm(x, NS, w, b), dtype)
+    model = fastln.replace_layernorm(nn.Sequential(nn.LayerNorm(8)), low_precision=True)
+    assert type(model[0]) is fastln.LowPrecisionLayerNorm
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and fastln.cuda_built()), reason="needs a GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_autocast_cuda_on_a_gpu(dtype):
+    lin = nn.Linear(8, 8).cuda()
+    ours, ref = fastln.LayerNorm(8).cuda(), nn.LayerNorm(8).cuda()
+    x = torch.randn(64, 8, device="cuda")
+    with torch.autocast("cuda", dtype=dtype):
+        h = lin(x)
+        got, want = ours(h), ref(h)
+        low = fastln.LowPrecisionLayerNorm(8).cuda()(h)
+    assert h.dtype == dtype and got.dtype == want.dtype == torch.float32
+    assert low.dtype == dtype
+    _close(got.detach().cpu(), want.detach().cpu(), torch.float32)
+    _close(low.detach().cpu(), want.detach().cpu().to(dtype), dtype)
 
 
 # --- what already worked, kept working ---------------------------------------------

@@ -289,11 +289,21 @@ class PairwiseRowSums {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_fwd_cpu(
     const at::Tensor& input, at::IntArrayRef normalized_shape,
     const std::optional<at::Tensor>& weight,
-    const std::optional<at::Tensor>& bias, double eps) {
+    const std::optional<at::Tensor>& bias, double eps,
+    std::optional<at::ScalarType> out_dtype) {
   const auto [M, N] =
       check_forward_inputs(input, normalized_shape, weight, bias);
+  const at::ScalarType out_type = output_dtype(input, out_dtype);
+  if (out_type != input.scalar_type()) {
+    // float32 output of half/bfloat16 input (what CUDA autocast asks; CPU
+    // autocast never does): the float32 kernels on an upcast copy, whose
+    // output is exactly that.
+    return layer_norm_fwd_cpu(input.to(at::kFloat), normalized_shape,
+                              as_float(weight), as_float(bias), eps,
+                              std::nullopt);
+  }
   auto [out, mean, rstd, done] =
-      allocate_forward(input, normalized_shape, {M, N});
+      allocate_forward(input, normalized_shape, {M, N}, out_type);
   if (done) return {out, mean, rstd};
   const at::Tensor x = input.contiguous();
   const at::Tensor w = contiguous_or_undefined(weight);
@@ -328,6 +338,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd_cpu(
     const std::optional<at::Tensor>& bias, std::array<bool, 3> output_mask) {
   const auto [M, N] = check_backward_inputs(grad_out, input, normalized_shape,
                                             mean, rstd, weight, bias);
+  if (grad_out.scalar_type() != input.scalar_type()) {
+    // float32 grad_out of half/bfloat16 input (the float-output forward):
+    // the float32 backward on an upcast copy, dx and dweight/dbias rounded
+    // to their own dtypes once at the end.
+    auto [dx, dw, db] = layer_norm_bwd_cpu(
+        grad_out, input.to(at::kFloat), normalized_shape, mean, rstd,
+        as_float(weight), as_float(bias), output_mask);
+    const auto cast = [](const at::Tensor& t,
+                         const std::optional<at::Tensor>& like) {
+      return t.defined() ? t.to(like->scalar_type()) : t;
+    };
+    return {dx.defined() ? dx.to(input.scalar_type()) : dx, cast(dw, weight),
+            cast(db, bias)};
+  }
   const at::Tensor w_in = contiguous_or_undefined(weight);
   const at::Tensor b_in = contiguous_or_undefined(bias);
   const bool want_dx = output_mask[0];

@@ -1,5 +1,7 @@
 // The backward of the fastln CUDA backend: its launchers (the kernels are in
-// layer_norm_bwd_kernels.cuh; the SIMT build compiles this file too).
+// layer_norm_bwd_kernels.cuh; the SIMT build compiles this file too). T: x
+// and dx, W: weight and dweight/dbias, G: dy (T, or float32 for 16-bit x: the
+// backward of the float-output forward).
 //
 // With xhat = (x - mean) * rstd and g = dy * weight (g = dy without weight):
 //   dx      = rstd * (g - mean(g) - xhat * mean(g * xhat))   (per row)
@@ -30,9 +32,9 @@ namespace fastln {
 namespace cuda {
 namespace {
 
-template <typename T, typename W, typename acc_t>
+template <typename T, typename W, typename G, typename acc_t>
 struct BwdArgs {
-  const T* dy;
+  const G* dy;
   const T* x;
   const acc_t* mean;
   const acc_t* rstd;
@@ -53,8 +55,8 @@ int64_t resident_blocks(int block_threads, size_t smem) {
 
 // Adds the workspace rows into dweight/dbias (the workspace is then freed
 // back to the caching allocator, stream-ordered).
-template <typename T, typename W, typename acc_t>
-void launch_param_reduce(const BwdArgs<T, W, acc_t>& a,
+template <typename T, typename W, typename G, typename acc_t>
+void launch_param_reduce(const BwdArgs<T, W, G, acc_t>& a,
                          const at::Tensor& partial, int64_t num_blocks,
                          Stream stream) {
   const int64_t grid = ceil_div(a.N, kReduceCols);
@@ -65,17 +67,19 @@ void launch_param_reduce(const BwdArgs<T, W, acc_t>& a,
 }
 
 // The [blocks, 2, N] workspace of column partial sums.
-template <typename T, typename W, typename acc_t>
-at::Tensor allocate_partials(const BwdArgs<T, W, acc_t>& a, int64_t blocks) {
+template <typename T, typename W, typename G, typename acc_t>
+at::Tensor allocate_partials(const BwdArgs<T, W, G, acc_t>& a, int64_t blocks) {
   at::Tensor partial = at::empty({blocks, 2, a.N}, a.workspace_options);
   poison(partial);
   return partial;
 }
 
-template <typename T, typename W, typename acc_t, int kVec, int kCols>
-void launch_bwd_reg(const BwdArgs<T, W, acc_t>& a, const RowPlan& plan,
+template <typename T, typename W, typename G, typename acc_t, int kVec,
+          int kCols>
+void launch_bwd_reg(const BwdArgs<T, W, G, acc_t>& a, const RowPlan& plan,
                     Stream stream) {
-  constexpr auto kernel = &layer_norm_bwd_reg_kernel<T, W, acc_t, kVec, kCols>;
+  constexpr auto kernel =
+      &layer_norm_bwd_reg_kernel<T, W, G, acc_t, kVec, kCols>;
   const bool want_params = a.dweight != nullptr || a.dbias != nullptr;
   const int rows_per_block = plan.block_threads / plan.threads_per_row;
   const int64_t row_groups = ceil_div(a.M, rows_per_block);
@@ -103,15 +107,17 @@ void launch_bwd_reg(const BwdArgs<T, W, acc_t>& a, const RowPlan& plan,
   if (want_params) launch_param_reduce(a, partial, grid, stream);
 }
 
-template <typename T, typename W, typename acc_t, int kVec>
-void launch_bwd_loop(const BwdArgs<T, W, acc_t>& a, const RowPlan& plan,
+template <typename T, typename W, typename G, typename acc_t, int kVec>
+void launch_bwd_loop(const BwdArgs<T, W, G, acc_t>& a, const RowPlan& plan,
                      Stream stream) {
-  constexpr auto kernel = &layer_norm_bwd_loop_kernel<T, W, acc_t, kVec>;
+  constexpr auto kernel = &layer_norm_bwd_loop_kernel<T, W, G, acc_t, kVec>;
   const bool want_params = a.dweight != nullptr || a.dbias != nullptr;
   // Cache x and dy in shared memory for pass 2 when they fit next to the
   // static shared memory within the block's opt-in limit (rows up to ~56K
-  // half or ~28K float elements on an H100).
-  const int64_t rows_bytes = 2 * a.N * static_cast<int64_t>(sizeof(T));
+  // half or ~28K float elements on an H100); x only when dy is float32 of
+  // 16-bit x (the kernel's kCacheDy).
+  const int64_t rows_bytes =
+      (std::is_same_v<G, T> ? 2 : 1) * a.N * static_cast<int64_t>(sizeof(T));
   const int64_t limit = smem_per_block_optin() - static_smem<kernel>();
   const bool cache_rows = rows_bytes <= limit;
   const int smem = cache_rows ? static_cast<int>(rows_bytes) : 0;
@@ -134,26 +140,26 @@ void launch_bwd_loop(const BwdArgs<T, W, acc_t>& a, const RowPlan& plan,
   if (want_params) launch_param_reduce(a, partial, grid, stream);
 }
 
-template <typename T, typename W, typename acc_t, int kVec>
-void launch_bwd_plan(const BwdArgs<T, W, acc_t>& a, Stream stream) {
+template <typename T, typename W, typename G, typename acc_t, int kVec>
+void launch_bwd_plan(const BwdArgs<T, W, G, acc_t>& a, Stream stream) {
   const RowPlan plan =
       plan_rows(a.N, backward_max_cols(static_cast<int>(sizeof(acc_t))));
   if (plan.kernel == RowKernel::kLoop)
-    return launch_bwd_loop<T, W, acc_t, kVec>(a, plan, stream);
+    return launch_bwd_loop<T, W, G, acc_t, kVec>(a, plan, stream);
   switch (plan.cols_per_thread) {
     case 8:
-      return launch_bwd_reg<T, W, acc_t, kVec, 8>(a, plan, stream);
+      return launch_bwd_reg<T, W, G, acc_t, kVec, 8>(a, plan, stream);
     case 16:
       // Never planned for double (backward_max_cols), so not compiled.
       if constexpr (sizeof(acc_t) == 4)
-        return launch_bwd_reg<T, W, acc_t, kVec, 16>(a, plan, stream);
+        return launch_bwd_reg<T, W, G, acc_t, kVec, 16>(a, plan, stream);
       break;
   }
   TORCH_INTERNAL_ASSERT(
       false, "fastln: unexpected backward plan, cols = ", plan.cols_per_thread);
 }
 
-template <typename T, typename W>
+template <typename T, typename W, typename G = T>
 void launch_bwd_typed(const at::Tensor& dy, const at::Tensor& x,
                       const at::Tensor& mean, const at::Tensor& rstd,
                       const at::Tensor& w, int64_t M, int64_t N,
@@ -162,8 +168,8 @@ void launch_bwd_typed(const at::Tensor& dy, const at::Tensor& x,
   using acc_t = at::opmath_type<T>;
   // 16 bytes of T per vector access: 8 half/bfloat16, 4 float, 2 double.
   constexpr int kVec = 16 / sizeof(T);
-  const BwdArgs<T, W, acc_t> a{
-      dy.const_data_ptr<T>(),
+  const BwdArgs<T, W, G, acc_t> a{
+      dy.const_data_ptr<G>(),
       x.const_data_ptr<T>(),
       mean.const_data_ptr<acc_t>(),
       rstd.const_data_ptr<acc_t>(),
@@ -177,15 +183,15 @@ void launch_bwd_typed(const at::Tensor& dy, const at::Tensor& x,
   // Alignment is checked on the actual pointers (a contiguous tensor may be
   // a view at an odd offset). dweight/dbias are written by the reduction
   // kernel one element at a time and need no check.
-  const bool vectorize = N % kVec == 0 && is_pack_aligned<T, kVec>(a.dy) &&
+  const bool vectorize = N % kVec == 0 && is_pack_aligned<G, kVec>(a.dy) &&
                          is_pack_aligned<T, kVec>(a.x) &&
                          is_pack_aligned<T, kVec>(a.dx) &&
                          is_pack_aligned<W, kVec>(a.weight);
   const Stream stream = current_stream();
   if (vectorize)
-    launch_bwd_plan<T, W, acc_t, kVec>(a, stream);
+    launch_bwd_plan<T, W, G, acc_t, kVec>(a, stream);
   else
-    launch_bwd_plan<T, W, acc_t, 1>(a, stream);
+    launch_bwd_plan<T, W, G, acc_t, 1>(a, stream);
 }
 
 }  // namespace
@@ -199,6 +205,11 @@ void launch_layer_norm_bwd(const at::Tensor& dy, const at::Tensor& x,
       at::kHalf, at::kBFloat16, x.scalar_type(), "fastln_layer_norm_bwd_cuda",
       [&] {
         if constexpr (!std::is_same_v<scalar_t, at::opmath_type<scalar_t>>) {
+          // float32 dy (the float-output forward; layer_norm_cuda.cu has made
+          // its weight/bias float).
+          if (dy.scalar_type() == at::kFloat)
+            return launch_bwd_typed<scalar_t, float, float>(
+                dy, x, mean, rstd, w, M, N, dx, dw, db);
           if (param_dtype == at::kFloat)
             return launch_bwd_typed<scalar_t, float>(dy, x, mean, rstd, w, M, N,
                                                      dx, dw, db);

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "device_utils.cuh"
 #include "plan.h"
@@ -70,9 +71,10 @@ __device__ __forceinline__ void dx_pack(const acc_t* xhat, const acc_t* dy,
 // only). The grid must not exceed the number of row groups, so that every
 // block owns rows. Requires threads_per_row * kCols >= N, and N % kVec == 0
 // with aligned pointers when kVec > 1.
-template <typename T, typename W, typename acc_t, int kVec, int kCols>
+template <typename T, typename W, typename G, typename acc_t, int kVec,
+          int kCols>
 __global__ void __launch_bounds__(kMaxBlockThreads)
-    layer_norm_bwd_reg_kernel(const T* __restrict__ dy, const T* __restrict__ x,
+    layer_norm_bwd_reg_kernel(const G* __restrict__ dy, const T* __restrict__ x,
                               const acc_t* __restrict__ mean,
                               const acc_t* __restrict__ rstd,
                               const W* __restrict__ weight, T* __restrict__ dx,
@@ -197,17 +199,17 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
 
 // Rows too long for registers (any N): a block per row, looping over the
 // row's packs. Pass 1 reduces sum(d), sum(g), sum(g * d) and, with
-// `cache_rows`, copies x and dy (in T) to dynamic shared memory
-// (2 * N * sizeof(T) bytes) for pass 2, which writes dx (when wanted) and
+// `cache_rows`, copies x (in T) and, when G is T, dy to dynamic shared memory
+// (N * sizeof(T) bytes each) for pass 2, which writes dx (when wanted) and
 // adds dy * xhat and dy to the block's workspace row partial[blockIdx.x]
 // (stored by the block's first row, added by the following ones: the row is
 // the block's own, so this needs no atomics and no zeroing). Each thread
 // touches the same packs in both passes, so the cache needs no barrier. The
 // grid must not exceed M (every block owns a row and so writes its whole
 // workspace row). Requires N % kVec == 0 and aligned pointers when kVec > 1.
-template <typename T, typename W, typename acc_t, int kVec>
+template <typename T, typename W, typename G, typename acc_t, int kVec>
 __global__ void __launch_bounds__(kMaxBlockThreads)
-    layer_norm_bwd_loop_kernel(const T* __restrict__ dy,
+    layer_norm_bwd_loop_kernel(const G* __restrict__ dy,
                                const T* __restrict__ x,
                                const acc_t* __restrict__ mean,
                                const acc_t* __restrict__ rstd,
@@ -216,6 +218,9 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
                                int64_t N, bool cache_rows) {
   const int64_t num_packs = N / kVec;
   const smem_ptr<Pack<T, kVec>> x_cache = dynamic_shared<Pack<T, kVec>>();
+  // dy is cached next to x only when it has x's type (a float32 dy of
+  // 16-bit x, the float-output backward, is read from global memory twice).
+  constexpr bool kCacheDy = std::is_same_v<G, T>;
   const smem_ptr<Pack<T, kVec>> dy_cache = x_cache + num_packs;
   FASTLN_SHARED_ARRAY(SumTriple<acc_t>, scratch, kWarpSize + 1);
   const acc_t inv_n = acc_t(1) / static_cast<acc_t>(N);
@@ -225,16 +230,16 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
 
   for (int64_t row = blockIdx.x; row < M; row += gridDim.x) {
     const T* xr = x + row * N;
-    const T* dyr = dy + row * N;
+    const G* dyr = dy + row * N;
     const acc_t mu = mean[row];
     const acc_t rs = rstd[row];
     SumTriple<acc_t> sums{0, 0, 0};  // sum(d), sum(g), sum(g * d)
     for (int64_t i = threadIdx.x; i < num_packs; i += blockDim.x) {
       const Pack<T, kVec> px = load_pack<T, kVec>(xr + i * kVec);
-      const Pack<T, kVec> pd = load_pack<T, kVec>(dyr + i * kVec);
+      const Pack<G, kVec> pd = load_pack<G, kVec>(dyr + i * kVec);
       if (cache_rows) {
         x_cache[i] = px;
-        dy_cache[i] = pd;
+        if constexpr (kCacheDy) dy_cache[i] = pd;
       }
       acc_t w[kVec];
       load_weight<kVec>(weight, i * kVec, w);
@@ -253,8 +258,11 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
     for (int64_t i = threadIdx.x; i < num_packs; i += blockDim.x) {
       const Pack<T, kVec> px =
           cache_rows ? x_cache[i] : load_pack<T, kVec>(xr + i * kVec);
-      const Pack<T, kVec> pd =
-          cache_rows ? dy_cache[i] : load_pack<T, kVec>(dyr + i * kVec);
+      Pack<G, kVec> pd;
+      if constexpr (kCacheDy)
+        pd = cache_rows ? dy_cache[i] : load_pack<G, kVec>(dyr + i * kVec);
+      else
+        pd = load_pack<G, kVec>(dyr + i * kVec);
       acc_t xh[kVec];
       acc_t dv[kVec];
 #pragma unroll

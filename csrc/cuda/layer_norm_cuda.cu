@@ -31,6 +31,14 @@ at::ScalarType param_dtype(const at::Tensor& input, const at::Tensor& w,
   return input.scalar_type();
 }
 
+// dtype of the given weight/bias, Float when there is none (nothing to cast).
+at::ScalarType weight_or_bias_dtype(const std::optional<at::Tensor>& w,
+                                    const std::optional<at::Tensor>& b) {
+  if (w.has_value() && w->defined()) return w->scalar_type();
+  if (b.has_value() && b->defined()) return b->scalar_type();
+  return at::kFloat;
+}
+
 void check_backend_input(const at::Tensor& input) {
   // The dispatcher picks this kernel when any argument is a CUDA tensor; the
   // shared checks already require every other tensor on the input's device.
@@ -45,15 +53,24 @@ void check_backend_input(const at::Tensor& input) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_fwd_cuda(
     const at::Tensor& input, at::IntArrayRef normalized_shape,
     const std::optional<at::Tensor>& weight,
-    const std::optional<at::Tensor>& bias, double eps) {
+    const std::optional<at::Tensor>& bias, double eps,
+    std::optional<at::ScalarType> out_dtype) {
   const RowShape rows =
       check_forward_inputs(input, normalized_shape, weight, bias);
   check_backend_input(input);
+  const at::ScalarType out_type = output_dtype(input, out_dtype);
+  if (out_type != input.scalar_type() &&
+      weight_or_bias_dtype(weight, bias) != at::kFloat) {
+    // The float-output kernels read float32 weight/bias (torch's autocast
+    // has cast them already): cast 16-bit ones, N elements.
+    return layer_norm_fwd_cuda(input, normalized_shape, as_float(weight),
+                               as_float(bias), eps, out_type);
+  }
   const int64_t M = rows.M;
   const int64_t N = rows.N;
   const DeviceGuard guard(input.device());
   auto [out, mean, rstd, done] =
-      allocate_forward(input, normalized_shape, rows);
+      allocate_forward(input, normalized_shape, rows, out_type);
   if (done) return {out, mean, rstd};
   poison(out);
   poison(mean);
@@ -74,6 +91,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd_cuda(
   const RowShape rows = check_backward_inputs(grad_out, input, normalized_shape,
                                               mean, rstd, weight, bias);
   check_backend_input(input);
+  const at::ScalarType param_in = weight_or_bias_dtype(weight, bias);
+  if (grad_out.scalar_type() != input.scalar_type() && param_in != at::kFloat) {
+    // float32 grad_out (the float-output forward) with 16-bit weight/bias:
+    // the kernels take float32 ones; dweight/dbias rounded back at the end.
+    auto [dx, dw, db] =
+        layer_norm_bwd_cuda(grad_out, input, normalized_shape, mean, rstd,
+                            as_float(weight), as_float(bias), output_mask);
+    return {dx, dw.defined() ? dw.to(param_in) : dw,
+            db.defined() ? db.to(param_in) : db};
+  }
   const int64_t M = rows.M;
   const int64_t N = rows.N;
   const DeviceGuard guard(input.device());

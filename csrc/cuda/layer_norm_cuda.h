@@ -13,8 +13,9 @@ namespace cuda {
 
 // Forward over M > 0 rows of N > 0 elements. x is contiguous; w and b are
 // contiguous or undefined and share `param_dtype` (x's dtype, or float for
-// half/bfloat16 x). Writes y (x's dtype and shape) and mean/rstd (M values
-// of the accumulation dtype). Runs on the current stream of x's device.
+// half/bfloat16 x). Writes y (x's shape; x's dtype, or float for half/bfloat16
+// x, whose w and b are then float or absent) and mean/rstd (M values of the
+// accumulation dtype). Runs on the current stream of x's device.
 void launch_layer_norm_fwd(const at::Tensor& x, const at::Tensor& w,
                            const at::Tensor& b, at::ScalarType param_dtype,
                            double eps, int64_t M, int64_t N,
@@ -24,7 +25,8 @@ void launch_layer_norm_fwd(const at::Tensor& x, const at::Tensor& w,
 // Backward over M > 0 rows of N > 0 elements. dy, x, mean, rstd are
 // contiguous; w is contiguous or undefined. dx, dw, db are the outputs to
 // write, each undefined when not wanted (at least one is defined); dw/db
-// have `param_dtype`.
+// have `param_dtype`. dy has x's dtype, or float for half/bfloat16 x (whose w
+// is then float or absent).
 void launch_layer_norm_bwd(const at::Tensor& dy, const at::Tensor& x,
                            const at::Tensor& mean, const at::Tensor& rstd,
                            const at::Tensor& w, at::ScalarType param_dtype,

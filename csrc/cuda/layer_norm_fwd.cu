@@ -25,12 +25,12 @@ namespace fastln {
 namespace cuda {
 namespace {
 
-template <typename T, typename W, typename acc_t>
+template <typename T, typename W, typename Y, typename acc_t>
 struct FwdArgs {
   const T* x;
   const W* weight;
   const W* bias;
-  T* y;
+  Y* y;
   acc_t* mean;
   acc_t* rstd;
   int64_t M;
@@ -38,21 +38,22 @@ struct FwdArgs {
   acc_t eps;
 };
 
-template <typename T, typename W, typename acc_t, int kVec, int kCols>
-void launch_fwd_reg(const FwdArgs<T, W, acc_t>& a, const RowPlan& plan,
+template <typename T, typename W, typename Y, typename acc_t, int kVec,
+          int kCols>
+void launch_fwd_reg(const FwdArgs<T, W, Y, acc_t>& a, const RowPlan& plan,
                     Stream stream) {
   const int64_t rows_per_block = plan.block_threads / plan.threads_per_row;
   const int64_t grid = std::min(ceil_div(a.M, rows_per_block), kMaxGrid);
-  launch_kernel<&layer_norm_fwd_reg_kernel<T, W, acc_t, kVec, kCols>>(
+  launch_kernel<&layer_norm_fwd_reg_kernel<T, W, Y, acc_t, kVec, kCols>>(
       dim3(static_cast<unsigned>(grid)), dim3(plan.block_threads), 0, stream,
       a.x, a.weight, a.bias, a.y, a.mean, a.rstd, a.M, static_cast<int>(a.N),
       plan.threads_per_row, a.eps);
 }
 
-template <typename T, typename W, typename acc_t, int kVec>
-void launch_fwd_loop(const FwdArgs<T, W, acc_t>& a, const RowPlan& plan,
+template <typename T, typename W, typename Y, typename acc_t, int kVec>
+void launch_fwd_loop(const FwdArgs<T, W, Y, acc_t>& a, const RowPlan& plan,
                      Stream stream) {
-  constexpr auto kernel = &layer_norm_fwd_loop_kernel<T, W, acc_t, kVec>;
+  constexpr auto kernel = &layer_norm_fwd_loop_kernel<T, W, Y, acc_t, kVec>;
   // Cache the row in shared memory when it fits next to the kernel's static
   // shared memory within the block's opt-in limit (227 KB on H100, 163 KB on
   // A100): rows up to ~113K half or ~56K float elements.
@@ -67,28 +68,28 @@ void launch_fwd_loop(const FwdArgs<T, W, acc_t>& a, const RowPlan& plan,
       a.x, a.weight, a.bias, a.y, a.mean, a.rstd, a.M, a.N, a.eps, cache_row);
 }
 
-template <typename T, typename W, typename acc_t, int kVec>
-void launch_fwd_plan(const FwdArgs<T, W, acc_t>& a, Stream stream) {
+template <typename T, typename W, typename Y, typename acc_t, int kVec>
+void launch_fwd_plan(const FwdArgs<T, W, Y, acc_t>& a, Stream stream) {
   const RowPlan plan =
       plan_rows(a.N, forward_max_cols(static_cast<int>(sizeof(acc_t))));
   if (plan.kernel == RowKernel::kLoop)
-    return launch_fwd_loop<T, W, acc_t, kVec>(a, plan, stream);
+    return launch_fwd_loop<T, W, Y, acc_t, kVec>(a, plan, stream);
   switch (plan.cols_per_thread) {
     case 8:
-      return launch_fwd_reg<T, W, acc_t, kVec, 8>(a, plan, stream);
+      return launch_fwd_reg<T, W, Y, acc_t, kVec, 8>(a, plan, stream);
     case 16:
-      return launch_fwd_reg<T, W, acc_t, kVec, 16>(a, plan, stream);
+      return launch_fwd_reg<T, W, Y, acc_t, kVec, 16>(a, plan, stream);
     case 32:
       // Never planned for double (forward_max_cols), so not compiled.
       if constexpr (sizeof(acc_t) == 4)
-        return launch_fwd_reg<T, W, acc_t, kVec, 32>(a, plan, stream);
+        return launch_fwd_reg<T, W, Y, acc_t, kVec, 32>(a, plan, stream);
       break;
   }
   TORCH_INTERNAL_ASSERT(
       false, "fastln: unexpected forward plan, cols = ", plan.cols_per_thread);
 }
 
-template <typename T, typename W>
+template <typename T, typename W, typename Y = T>
 void launch_fwd_typed(const at::Tensor& x, const at::Tensor& w,
                       const at::Tensor& b, double eps, int64_t M, int64_t N,
                       const at::Tensor& y, const at::Tensor& mean,
@@ -96,26 +97,26 @@ void launch_fwd_typed(const at::Tensor& x, const at::Tensor& w,
   using acc_t = at::opmath_type<T>;
   // 16 bytes of T per vector access: 8 half/bfloat16, 4 float, 2 double.
   constexpr int kVec = 16 / sizeof(T);
-  const FwdArgs<T, W, acc_t> a{x.const_data_ptr<T>(),
-                               w.defined() ? w.const_data_ptr<W>() : nullptr,
-                               b.defined() ? b.const_data_ptr<W>() : nullptr,
-                               y.mutable_data_ptr<T>(),
-                               mean.mutable_data_ptr<acc_t>(),
-                               rstd.mutable_data_ptr<acc_t>(),
-                               M,
-                               N,
-                               static_cast<acc_t>(eps)};
+  const FwdArgs<T, W, Y, acc_t> a{x.const_data_ptr<T>(),
+                                  w.defined() ? w.const_data_ptr<W>() : nullptr,
+                                  b.defined() ? b.const_data_ptr<W>() : nullptr,
+                                  y.mutable_data_ptr<Y>(),
+                                  mean.mutable_data_ptr<acc_t>(),
+                                  rstd.mutable_data_ptr<acc_t>(),
+                                  M,
+                                  N,
+                                  static_cast<acc_t>(eps)};
   // A contiguous tensor may still start at any element of its storage (a
   // view at an offset), so alignment is checked on the actual pointers.
   const bool vectorize = N % kVec == 0 && is_pack_aligned<T, kVec>(a.x) &&
-                         is_pack_aligned<T, kVec>(a.y) &&
+                         is_pack_aligned<Y, kVec>(a.y) &&
                          is_pack_aligned<W, kVec>(a.weight) &&
                          is_pack_aligned<W, kVec>(a.bias);
   const Stream stream = current_stream();
   if (vectorize)
-    launch_fwd_plan<T, W, acc_t, kVec>(a, stream);
+    launch_fwd_plan<T, W, Y, acc_t, kVec>(a, stream);
   else
-    launch_fwd_plan<T, W, acc_t, 1>(a, stream);
+    launch_fwd_plan<T, W, Y, acc_t, 1>(a, stream);
 }
 
 }  // namespace
@@ -131,6 +132,11 @@ void launch_layer_norm_fwd(const at::Tensor& x, const at::Tensor& w,
         // Float parameters of half/bfloat16 input (mixed precision) are read
         // as they are, without a cast kernel.
         if constexpr (!std::is_same_v<scalar_t, at::opmath_type<scalar_t>>) {
+          // The float-output forward (layer_norm_cuda.cu has made its
+          // weight/bias float).
+          if (y.scalar_type() == at::kFloat)
+            return launch_fwd_typed<scalar_t, float, float>(x, w, b, eps, M, N,
+                                                            y, mean, rstd);
           if (param_dtype == at::kFloat)
             return launch_fwd_typed<scalar_t, float>(x, w, b, eps, M, N, y,
                                                      mean, rstd);

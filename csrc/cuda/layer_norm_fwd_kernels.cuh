@@ -1,7 +1,9 @@
 // Forward kernels of the fastln CUDA backend (the math is at the top of
-// layer_norm_fwd.cu, which launches them). Torch-free: nvcc compiles them
-// for the GPU, and the SIMT build (csrc/simt) compiles the same source for
-// the CPU.
+// layer_norm_fwd.cu, which launches them). T: input, W: weight/bias, Y:
+// output (T, or float for half/bfloat16 input: the float-output forward of
+// CUDA autocast, which reads the 16-bit input as it is). Torch-free: nvcc
+// compiles them for the GPU, and the SIMT build (csrc/simt) compiles the same
+// source for the CPU.
 #pragma once
 
 #include <cstdint>
@@ -53,11 +55,12 @@ __device__ __forceinline__ void normalize_pack(const acc_t* d, acc_t mean_d,
 // the same for the whole block, so every lane of every warp reaches the
 // shuffles and barriers of the reduction, and lanes of rows past M just
 // compute on zeros and store nothing.
-template <typename T, typename W, typename acc_t, int kVec, int kCols>
+template <typename T, typename W, typename Y, typename acc_t, int kVec,
+          int kCols>
 __global__ void __launch_bounds__(kMaxBlockThreads)
     layer_norm_fwd_reg_kernel(const T* __restrict__ x,
                               const W* __restrict__ weight,
-                              const W* __restrict__ bias, T* __restrict__ y,
+                              const W* __restrict__ bias, Y* __restrict__ y,
                               acc_t* __restrict__ mean_out,
                               acc_t* __restrict__ rstd_out, int64_t M, int N,
                               int threads_per_row, acc_t eps) {
@@ -142,11 +145,11 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
 // second pass reads global memory again (mostly an L2 hit). Each thread
 // touches the same packs in both passes, so the cache needs no barrier.
 // Requires N % kVec == 0 and aligned pointers when kVec > 1.
-template <typename T, typename W, typename acc_t, int kVec>
+template <typename T, typename W, typename Y, typename acc_t, int kVec>
 __global__ void __launch_bounds__(kMaxBlockThreads)
     layer_norm_fwd_loop_kernel(const T* __restrict__ x,
                                const W* __restrict__ weight,
-                               const W* __restrict__ bias, T* __restrict__ y,
+                               const W* __restrict__ bias, Y* __restrict__ y,
                                acc_t* __restrict__ mean_out,
                                acc_t* __restrict__ rstd_out, int64_t M,
                                int64_t N, acc_t eps, bool cache_row) {
@@ -156,7 +159,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
 
   for (int64_t row = blockIdx.x; row < M; row += gridDim.x) {
     const T* xr = x + row * N;
-    T* yr = y + row * N;
+    Y* yr = y + row * N;
     const acc_t shift = static_cast<acc_t>(xr[0]);
     WelfordState<acc_t> stats{0, 0, 0};
     for (int64_t i = threadIdx.x; i < num_packs; i += blockDim.x) {

@@ -1,0 +1,59 @@
+// fastln::layer_norm under torch.autocast("cuda"): torch's policy, without
+// torch's extra pass.
+//
+// torch puts layer_norm on CUDA autocast's float32 list: every eligible
+// floating argument (CUDA, not double) is cast to float32, so float16/bfloat16
+// activations give a float32 output computed from the upcast input. Here the
+// 16-bit input is read as it is by the float-output kernels (out_dtype =
+// float32: the same values, without writing and re-reading a float32 copy of
+// the activations, and the backward saves the 16-bit input, not a float32
+// copy); only 16-bit weight/bias are cast, N elements each, through
+// autocast's weight cache. float32 and float64 inputs run unchanged, and an
+// explicit out_dtype is obeyed as given.
+//
+// torch.autocast("cpu") keeps layer_norm in the input's dtype (it is on no CPU
+// list), which is what the op does with no autocast kernel: nothing is
+// registered for AutocastCPU.
+#include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
+#include <torch/library.h>
+
+namespace fastln {
+namespace {
+
+at::Tensor layer_norm_autocast_cuda(const at::Tensor& input,
+                                    at::IntArrayRef normalized_shape,
+                                    const std::optional<at::Tensor>& weight,
+                                    const std::optional<at::Tensor>& bias,
+                                    double eps,
+                                    std::optional<at::ScalarType> out_dtype) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(
+      c10::DispatchKey::AutocastCUDA);
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("fastln::layer_norm", "")
+          .typed<at::Tensor(const at::Tensor&, at::IntArrayRef,
+                            const std::optional<at::Tensor>&,
+                            const std::optional<at::Tensor>&, double,
+                            std::optional<at::ScalarType>)>();
+  const at::ScalarType in = input.scalar_type();
+  const bool low_precision = in == at::kHalf || in == at::kBFloat16;
+  if (out_dtype.has_value() || !(low_precision || in == at::kFloat))
+    return op.call(input, normalized_shape, weight, bias, eps, out_dtype);
+  const auto as_float = [](const std::optional<at::Tensor>& t) {
+    return t.has_value() ? std::optional<at::Tensor>(at::autocast::cached_cast(
+                               at::kFloat, *t, c10::DeviceType::CUDA))
+                         : t;
+  };
+  return op.call(
+      input, normalized_shape, as_float(weight), as_float(bias), eps,
+      low_precision ? std::optional<at::ScalarType>(at::kFloat) : std::nullopt);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastln, AutocastCUDA, m) {
+  m.impl("layer_norm", &layer_norm_autocast_cuda);
+}
+
+}  // namespace fastln
