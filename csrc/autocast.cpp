@@ -18,6 +18,8 @@
 #include <ATen/autocast_mode.h>
 #include <torch/library.h>
 
+#include "layer_norm.h"
+
 namespace fastln {
 namespace {
 
@@ -29,13 +31,7 @@ at::Tensor layer_norm_autocast_cuda(const at::Tensor& input,
                                     std::optional<at::ScalarType> out_dtype) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(
       c10::DispatchKey::AutocastCUDA);
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("fastln::layer_norm", "")
-          .typed<at::Tensor(const at::Tensor&, at::IntArrayRef,
-                            const std::optional<at::Tensor>&,
-                            const std::optional<at::Tensor>&, double,
-                            std::optional<at::ScalarType>)>();
+  const auto& op = layer_norm_op();
   const at::ScalarType in = input.scalar_type();
   const bool low_precision = in == at::kHalf || in == at::kBFloat16;
   if (out_dtype.has_value() || !(low_precision || in == at::kFloat))

@@ -19,6 +19,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Optional.h>
 
 #include <cstdint>
@@ -83,6 +84,14 @@ std::optional<at::Tensor> as_float(const std::optional<at::Tensor>& t);
 // Returns a contiguous version of an optional parameter, or an undefined
 // tensor when it is absent.
 at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t);
+
+// fastln::layer_norm, the op with its autograd (called from C++ by the eager
+// binding in ops.cpp and by the autocast kernel).
+using LayerNormSignature = at::Tensor(const at::Tensor&, at::IntArrayRef,
+                                      const std::optional<at::Tensor>&,
+                                      const std::optional<at::Tensor>&, double,
+                                      std::optional<at::ScalarType>);
+const c10::TypedOperatorHandle<LayerNormSignature>& layer_norm_op();
 
 // Which CPU row kernels run on this machine: "avx2" or "base"
 // (FASTLN_CPU_ISA=base at start-up forces the baseline).

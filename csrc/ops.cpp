@@ -23,6 +23,13 @@ TORCH_LIBRARY(fastln, m) {
   m.def(kLayerNormBwdSchema);
 }
 
+const c10::TypedOperatorHandle<LayerNormSignature>& layer_norm_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fastln::layer_norm", "")
+                             .typed<LayerNormSignature>();
+  return op;
+}
+
 }  // namespace fastln
 
 PYBIND11_MODULE(_C, m) {
@@ -46,15 +53,8 @@ PYBIND11_MODULE(_C, m) {
       [](const at::Tensor& input, std::vector<int64_t> normalized_shape,
          const std::optional<at::Tensor>& weight,
          const std::optional<at::Tensor>& bias, double eps) {
-        static const auto op =
-            c10::Dispatcher::singleton()
-                .findSchemaOrThrow("fastln::layer_norm", "")
-                .typed<at::Tensor(const at::Tensor&, at::IntArrayRef,
-                                  const std::optional<at::Tensor>&,
-                                  const std::optional<at::Tensor>&, double,
-                                  std::optional<at::ScalarType>)>();
-        return op.call(input, normalized_shape, weight, bias, eps,
-                       std::nullopt);
+        return fastln::layer_norm_op().call(input, normalized_shape, weight,
+                                            bias, eps, std::nullopt);
       },
       py::arg("input"), py::arg("normalized_shape"), py::arg("weight"),
       py::arg("bias"), py::arg("eps"));
