@@ -112,7 +112,6 @@ class LayerNormFunction : public torch::autograd::Function<LayerNormFunction> {
                             bias.value_or(at::Tensor()), mean, rstd});
     ctx->saved_data["normalized_shape"] = normalized_shape.vec();
     ctx->saved_data["eps"] = eps;
-    ctx->saved_data["out_dtype"] = out.scalar_type();
     return out;
   }
 
@@ -125,8 +124,8 @@ class LayerNormFunction : public torch::autograd::Function<LayerNormFunction> {
     const std::vector<int64_t> normalized_shape =
         ctx->saved_data["normalized_shape"].toIntVector();
     const double eps = ctx->saved_data["eps"].toDouble();
-    const at::ScalarType out_dtype =
-        ctx->saved_data["out_dtype"].toScalarType();
+    // The output's dtype (out_dtype's), which autograd gives its gradient.
+    const at::ScalarType out_dtype = grad_outputs[0].scalar_type();
     // needs_input_grad counts the tensor arguments present: input, then
     // weight and bias when given.
     size_t edge = 1;
