@@ -23,6 +23,31 @@
 namespace fastln {
 namespace {
 
+// The arguments the op runs with under CUDA autocast.
+struct AutocastArgs {
+  std::optional<at::Tensor> weight, bias;
+  std::optional<at::ScalarType> out_dtype;
+};
+
+AutocastArgs autocast_args(const at::Tensor& input,
+                           const std::optional<at::Tensor>& weight,
+                           const std::optional<at::Tensor>& bias,
+                           std::optional<at::ScalarType> out_dtype) {
+  const at::ScalarType in = input.scalar_type();
+  const bool low_precision = in == at::kHalf || in == at::kBFloat16;
+  if (out_dtype.has_value() || !(low_precision || in == at::kFloat))
+    return {weight, bias, out_dtype};
+  const auto as_float = [](const std::optional<at::Tensor>& t) {
+    return t.has_value() ? std::optional<at::Tensor>(at::autocast::cached_cast(
+                               at::kFloat, *t, c10::DeviceType::CUDA))
+                         : t;
+  };
+  return {
+      as_float(weight), as_float(bias),
+      low_precision ? std::optional<at::ScalarType>(at::kFloat) : std::nullopt};
+}
+
+// fastln::layer_norm (what fastln.layer_norm calls in eager and compiled code).
 at::Tensor layer_norm_autocast_cuda(const at::Tensor& input,
                                     at::IntArrayRef normalized_shape,
                                     const std::optional<at::Tensor>& weight,
@@ -31,25 +56,30 @@ at::Tensor layer_norm_autocast_cuda(const at::Tensor& input,
                                     std::optional<at::ScalarType> out_dtype) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(
       c10::DispatchKey::AutocastCUDA);
-  const auto& op = layer_norm_op();
-  const at::ScalarType in = input.scalar_type();
-  const bool low_precision = in == at::kHalf || in == at::kBFloat16;
-  if (out_dtype.has_value() || !(low_precision || in == at::kFloat))
-    return op.call(input, normalized_shape, weight, bias, eps, out_dtype);
-  const auto as_float = [](const std::optional<at::Tensor>& t) {
-    return t.has_value() ? std::optional<at::Tensor>(at::autocast::cached_cast(
-                               at::kFloat, *t, c10::DeviceType::CUDA))
-                         : t;
-  };
-  return op.call(
-      input, normalized_shape, as_float(weight), as_float(bias), eps,
-      low_precision ? std::optional<at::ScalarType>(at::kFloat) : std::nullopt);
+  const AutocastArgs a = autocast_args(input, weight, bias, out_dtype);
+  return layer_norm_op().call(input, normalized_shape, a.weight, a.bias, eps,
+                              a.out_dtype);
+}
+
+// fastln::layer_norm_fwd, which the torch.func path (fastln/_transforms.py)
+// calls directly. Called from layer_norm above, autocast is already excluded.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_fwd_autocast_cuda(
+    const at::Tensor& input, at::IntArrayRef normalized_shape,
+    const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, double eps,
+    std::optional<at::ScalarType> out_dtype) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(
+      c10::DispatchKey::AutocastCUDA);
+  const AutocastArgs a = autocast_args(input, weight, bias, out_dtype);
+  return layer_norm_fwd_op().call(input, normalized_shape, a.weight, a.bias,
+                                  eps, a.out_dtype);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastln, AutocastCUDA, m) {
   m.impl("layer_norm", &layer_norm_autocast_cuda);
+  m.impl("layer_norm_fwd", &layer_norm_fwd_autocast_cuda);
 }
 
 }  // namespace fastln

@@ -29,15 +29,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> call_forward(
     const std::optional<at::Tensor>& weight,
     const std::optional<at::Tensor>& bias, double eps,
     std::optional<at::ScalarType> out_dtype) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("fastln::layer_norm_fwd", "")
-          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-              const at::Tensor&, at::IntArrayRef,
-              const std::optional<at::Tensor>&,
-              const std::optional<at::Tensor>&, double,
-              std::optional<at::ScalarType>)>();
-  return op.call(input, normalized_shape, weight, bias, eps, out_dtype);
+  return layer_norm_fwd_op().call(input, normalized_shape, weight, bias, eps,
+                                  out_dtype);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> call_backward(

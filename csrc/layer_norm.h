@@ -86,12 +86,18 @@ std::optional<at::Tensor> as_float(const std::optional<at::Tensor>& t);
 at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t);
 
 // fastln::layer_norm, the op with its autograd (called from C++ by the eager
-// binding in ops.cpp and by the autocast kernel).
+// binding in ops.cpp and by the autocast kernels; handles defined in ops.cpp).
 using LayerNormSignature = at::Tensor(const at::Tensor&, at::IntArrayRef,
                                       const std::optional<at::Tensor>&,
                                       const std::optional<at::Tensor>&, double,
                                       std::optional<at::ScalarType>);
 const c10::TypedOperatorHandle<LayerNormSignature>& layer_norm_op();
+
+// fastln::layer_norm_fwd, its forward kernel op.
+using LayerNormFwdSignature = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, at::IntArrayRef, const std::optional<at::Tensor>&,
+    const std::optional<at::Tensor>&, double, std::optional<at::ScalarType>);
+const c10::TypedOperatorHandle<LayerNormFwdSignature>& layer_norm_fwd_op();
 
 // Which CPU row kernels run on this machine: "avx2" or "base"
 // (FASTLN_CPU_ISA=base at start-up forces the baseline).

@@ -30,6 +30,13 @@ const c10::TypedOperatorHandle<LayerNormSignature>& layer_norm_op() {
   return op;
 }
 
+const c10::TypedOperatorHandle<LayerNormFwdSignature>& layer_norm_fwd_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fastln::layer_norm_fwd", "")
+                             .typed<LayerNormFwdSignature>();
+  return op;
+}
+
 }  // namespace fastln
 
 PYBIND11_MODULE(_C, m) {

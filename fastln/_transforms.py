@@ -40,6 +40,7 @@ from ._ops import stats_dtype
 __all__ = ["composite_layer_norm", "layer_norm_in_transform"]
 
 _FWD = torch.ops.fastln.layer_norm_fwd.default
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 _BWD = torch.ops.fastln.layer_norm_bwd.default
 
 
@@ -53,9 +54,11 @@ def composite_layer_norm(
     weight: torch.Tensor | None,
     bias: torch.Tensor | None,
     eps: float,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """The layer norm as differentiable torch ops, in the kernels' accumulation
-    dtype (float32, float64 for double input), output in the input's dtype."""
+    dtype (float32, float64 for double input), output in out_dtype (default:
+    the input's dtype)."""
     acc = stats_dtype(input.dtype)
     dims = _dims(normalized_shape)
     x = input.to(acc)
@@ -65,7 +68,16 @@ def composite_layer_norm(
         y = y * weight.to(acc)
     if bias is not None:
         y = y + bias.to(acc)
-    return y.to(input.dtype)
+    return y.to(out_dtype or input.dtype)
+
+
+def _autocast_out_dtype(input: torch.Tensor) -> torch.dtype | None:
+    """float32 for 16-bit CUDA input under torch.autocast("cuda"): torch's policy,
+    which csrc/autocast.cpp applies to the ops (and so to the kernels this path
+    calls); the composites follow it here."""
+    if input.is_cuda and input.dtype in _LOW_PRECISION and torch.is_autocast_enabled("cuda"):
+        return torch.float32
+    return None
 
 
 def _unwrapped(t: torch.Tensor) -> torch.Tensor:
@@ -111,6 +123,7 @@ class _LayerNormFunction(torch.autograd.Function):
         ctx.normalized_shape = list(normalized_shape)
         ctx.has_weight = weight is not None
         ctx.has_bias = bias is not None
+        ctx.out_dtype = output[0].dtype  # the input's, or float32 (CUDA autocast)
         ctx.save_for_backward(input, weight, bias, mean, rstd)
         ctx.save_for_forward(input, weight, mean, rstd)
 
@@ -149,7 +162,7 @@ class _LayerNormFunction(torch.autograd.Function):
             tangent = tangent + xhat * weight_t.to(acc)
         if bias_t is not None:
             tangent = tangent + bias_t.to(acc)
-        return tangent.to(input.dtype), None, None
+        return tangent.to(ctx.out_dtype), None, None
 
     @staticmethod
     def vmap(
@@ -200,7 +213,12 @@ def _batched_params(
     mean = xa.mean(dims, keepdim=True)
     rstd = torch.rsqrt((xa - mean).square().mean(dims, keepdim=True) + eps)
     out = composite_layer_norm(
-        x, normalized_shape, per_sample(weight, weight_dim), per_sample(bias, bias_dim), eps
+        x,
+        normalized_shape,
+        per_sample(weight, weight_dim),
+        per_sample(bias, bias_dim),
+        eps,
+        _autocast_out_dtype(x),
     )
     return (out, mean, rstd), (0, 0, 0)
 
@@ -314,5 +332,7 @@ def layer_norm_in_transform(
         from ._ops import check_forward_inputs
 
         check_forward_inputs(input, normalized_shape, weight, bias)
-        return composite_layer_norm(input, normalized_shape, weight, bias, eps)
+        return composite_layer_norm(
+            input, normalized_shape, weight, bias, eps, _autocast_out_dtype(input)
+        )
     return _LayerNormFunction.apply(input, list(normalized_shape), weight, bias, eps)[0]

@@ -397,6 +397,31 @@ def test_autocast_cuda_policy_gives_torchs_float32(dtype, param_dtype):
     _close((xl.grad, wl.grad, bl.grad), (xr.grad, wr.grad, br.grad), dtype, backward=True)
 
 
+def test_torch_func_under_the_cuda_autocast_policy(monkeypatch):
+    # The torch.func path calls layer_norm_fwd, which has the same autocast
+    # kernel: with it (through the dispatcher, on CPU tensors), grad and jvp see
+    # a float32 output of bfloat16 input and differentiate it like torch's
+    # layer_norm of the upcast input.
+    fwd = _transforms._FWD
+    monkeypatch.setattr(_transforms, "_FWD", lambda *args: fwd.redispatch(_AUTOCAST_CUDA, *args))
+    x, w, b = _data(torch.bfloat16)
+    w, b = w.float(), b.float()
+
+    def loss(ln, cast):
+        return lambda x, w, b: ln(cast(x), NS, w, b, 1e-5).square().sum()
+
+    def as_float(t):
+        return t.float()
+
+    ours = grad(loss(fastln.layer_norm, lambda t: t), (0, 1, 2))(x, w, b)
+    want = grad(loss(F.layer_norm, as_float), (0, 1, 2))(x, w, b)
+    _close(ours, want, torch.bfloat16, backward=True)
+    y_ours, t_ours = jvp(lambda x: fastln.layer_norm(x, NS, w, b), (x,), (torch.ones_like(x),))
+    y_want, t_want = jvp(lambda x: F.layer_norm(x.float(), NS, w, b), (x,), (torch.ones_like(x),))
+    assert y_ours.dtype == t_ours.dtype == torch.float32
+    _close((y_ours, t_ours), (y_want, t_want), torch.float32, backward=True)
+
+
 def test_autocast_cuda_policy_leaves_float_and_explicit_requests():
     x, w, b = _data(torch.float32)
     _close(_under_cuda_autocast_policy(x, w, b), F.layer_norm(x, NS, w, b), torch.float32)
