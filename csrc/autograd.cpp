@@ -150,6 +150,20 @@ at::Tensor layer_norm_autograd(const at::Tensor& input,
                                const std::optional<at::Tensor>& bias,
                                double eps,
                                std::optional<at::ScalarType> out_dtype) {
+  const auto requires_grad = [](const std::optional<at::Tensor>& t) {
+    return t.has_value() && t->defined() && t->requires_grad();
+  };
+  if (!at::GradMode::is_enabled() ||
+      !(input.requires_grad() || requires_grad(weight) ||
+        requires_grad(bias))) {
+    // Nothing to differentiate (inference, torch.no_grad, or no input that
+    // requires grad): the forward kernel without the autograd node, whose
+    // setup (the node, its saved tensors and attributes) costs more than
+    // the kernel on small rows.
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return std::get<0>(
+        call_forward(input, normalized_shape, weight, bias, eps, out_dtype));
+  }
   return LayerNormFunction::apply(input, normalized_shape, weight, bias, eps,
                                   out_dtype);
 }

@@ -57,17 +57,18 @@ def layer_norm(
         if input.is_nested:
             return _integrations.nested_layer_norm(input, normalized_shape, weight, bias, eps)
         return _LAYER_NORM(input, normalized_shape, weight, bias, eps)
-    # The common case first, in reads of thread-local state and attributes that
-    # cost less than a function call: a plain tensor on a device with kernels,
-    # no functorch transform, no forward-AD level. Everything else (transforms,
-    # forward AD, nested tensors, DTensor, Parameter, meta) takes _special_input.
-    if (
-        type(input) is _Tensor
-        and (input.is_cpu or (_CUDA_BUILT and input.is_cuda))
-        and _functorch_level() is None
-        and _fwad._current_level < 0
-    ):
-        return _LAYER_NORM_EAGER(input, normalized_shape, weight, bias, eps)
+    # The common case first, in checks that cost less than a function call: a
+    # plain tensor, no functorch transform, no forward-AD level. Everything
+    # else (transforms, forward AD, nested tensors, DTensor, Parameter) takes
+    # _special_input. A device without kernels is told apart only when the op
+    # fails (the dispatcher raises NotImplementedError), which costs nothing
+    # until then.
+    if type(input) is _Tensor and _functorch_level() is None and _fwad._current_level < 0:
+        try:
+            return _LAYER_NORM_EAGER(input, normalized_shape, weight, bias, eps)
+        except NotImplementedError:
+            _check_device(input)
+            raise
     _check_device(input)
     return _special_input(input, normalized_shape, weight, bias, eps)
 

@@ -254,10 +254,36 @@ def test_meta_tensors_give_shapes():
 def test_unsupported_device_error_message(monkeypatch):
     import fastln.functional
 
-    # The eager fast path handles CPU (and CUDA) tensors before any check; every
-    # other device reaches _check_device, whose message this is.
+    # The eager fast path calls the op before any device check; when the
+    # dispatcher finds no kernel for the device (NotImplementedError), the
+    # device check turns that into fastln's message. Simulated here: the op
+    # without a kernel, the device without support.
+    def no_kernel(*args):
+        raise NotImplementedError("Could not run 'fastln::layer_norm' with arguments")
+
+    monkeypatch.setattr(fastln.functional, "_LAYER_NORM_EAGER", no_kernel)
     monkeypatch.setattr(fastln.functional, "_supported_device", lambda input: False)
     with pytest.raises(NotImplementedError, match="fastln.layer_norm has no kernel for cpu"):
-        fastln.functional._check_device(torch.randn(2, 3))
-    with pytest.raises(NotImplementedError, match="fastln.layer_norm has no kernel for meta"):
-        fastln.layer_norm(torch.randn(2, 3, device="meta"), [3])
+        fastln.layer_norm(torch.randn(2, 3), [3])
+    # a Parameter input (the slow path) is checked before the op
+    with pytest.raises(NotImplementedError, match="fastln.layer_norm has no kernel for cpu"):
+        fastln.layer_norm(torch.nn.Parameter(torch.randn(2, 3)), [3])
+
+
+def test_autograd_node_only_when_something_requires_grad():
+    # Like torch's: no node (and no saved tensors) when nothing is differentiated.
+    x, w = torch.randn(3, 8), torch.randn(8)
+    for make in (lambda: fastln.layer_norm(x, [8], w), lambda: F.layer_norm(x, [8], w)):
+        y = make()
+        assert y.grad_fn is None and not y.requires_grad
+        with torch.no_grad():
+            assert make().grad_fn is None
+        with torch.inference_mode():
+            assert make().is_inference()
+    wg = w.clone().requires_grad_()
+    y = fastln.layer_norm(x, [8], wg)
+    assert y.requires_grad and y.grad_fn is not None
+    y.sum().backward()
+    assert wg.grad is not None
+    with torch.no_grad():
+        assert not fastln.layer_norm(x, [8], wg).requires_grad
