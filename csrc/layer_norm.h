@@ -38,10 +38,23 @@ struct RowShape {
 // messages (and the same exception types), plus dtype and device checks for
 // weight/bias. Weight/bias must both share one dtype: the input's, or float32
 // when the input is half/bfloat16 (mixed precision). Returns the row view.
+// op_name names the op in the not-implemented message of other dtypes.
 RowShape check_forward_inputs(const at::Tensor& input,
                               at::IntArrayRef normalized_shape,
                               const std::optional<at::Tensor>& weight,
-                              const std::optional<at::Tensor>& bias);
+                              const std::optional<at::Tensor>& bias,
+                              const char* op_name = "layer_norm");
+
+// add_norm_fwd's checks (schemas.h): the forward checks of input, weight and
+// bias (none for rms); residual of the input's shape and device, in the
+// input's dtype or residual_dtype; residual_dtype the input's, or float32
+// for half/bfloat16 input.
+RowShape check_add_norm_inputs(const at::Tensor& input,
+                               const at::Tensor& residual,
+                               at::IntArrayRef normalized_shape,
+                               const std::optional<at::Tensor>& weight,
+                               const std::optional<at::Tensor>& bias, bool rms,
+                               at::ScalarType residual_dtype);
 
 // The output dtype: out_dtype when given (the input's dtype, or float32 for
 // half/bfloat16 input; anything else is a RuntimeError), else the input's.
@@ -56,6 +69,24 @@ RowShape check_backward_inputs(const at::Tensor& grad_out,
                                const at::Tensor& mean, const at::Tensor& rstd,
                                const std::optional<at::Tensor>& weight,
                                const std::optional<at::Tensor>& bias);
+
+// rms_norm_bwd's checks: grad_out in the input's dtype and shape, rstd.
+RowShape check_rms_backward_inputs(const at::Tensor& grad_out,
+                                   const at::Tensor& input,
+                                   at::IntArrayRef normalized_shape,
+                                   const at::Tensor& rstd,
+                                   const std::optional<at::Tensor>& weight);
+
+// add_norm_bwd's checks: h as the input of the norm; grad_out of h's shape
+// in the output's dtype (h's, or half/bfloat16 under a float32 h), which
+// weight/bias are checked against; grad_h (optional) like h; mean (no
+// elements allowed for rms) and rstd.
+RowShape check_add_norm_backward_inputs(
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_h,
+    const at::Tensor& h, at::IntArrayRef normalized_shape,
+    const at::Tensor& mean, const at::Tensor& rstd,
+    const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, bool rms);
 
 // dtype of mean/rstd for an input dtype: float64 for double, else float32.
 at::ScalarType stats_dtype(at::ScalarType input_dtype);
