@@ -75,11 +75,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_fwd_autocast_cuda(
                                   eps, a.out_dtype);
 }
 
+// fastln::rms_norm: torch puts rms_norm on CUDA autocast's float32 list too
+// (its AutocastCUDA kernel casts input and weight to float32), and fastln
+// does the same: the output is the float32 RMSNorm of the upcast input.
+// fastln::add_norm has no autocast kernel: its output dtypes are given by
+// its arguments (y in the input's dtype, h in residual_dtype).
+at::Tensor rms_norm_autocast_cuda(const at::Tensor& input,
+                                  at::IntArrayRef normalized_shape,
+                                  const std::optional<at::Tensor>& weight,
+                                  std::optional<double> eps) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("fastln::rms_norm", "")
+          .typed<at::Tensor(const at::Tensor&, at::IntArrayRef,
+                            const std::optional<at::Tensor>&,
+                            std::optional<double>)>();
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(
+      c10::DispatchKey::AutocastCUDA);
+  const auto cast = [](const at::Tensor& t) {
+    if (t.is_cuda())
+      return at::autocast::cached_cast(at::kFloat, t, c10::DeviceType::CUDA);
+    // CPU tensors come here only by an explicit redispatch (the tests of
+    // this policy on a machine without a GPU): the same cast, uncached.
+    const at::ScalarType dtype = t.scalar_type();
+    return dtype == at::kHalf || dtype == at::kBFloat16 ? t.to(at::kFloat) : t;
+  };
+  return op.call(
+      cast(input), normalized_shape,
+      weight.has_value() ? std::optional<at::Tensor>(cast(*weight)) : weight,
+      eps);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastln, AutocastCUDA, m) {
   m.impl("layer_norm", &layer_norm_autocast_cuda);
   m.impl("layer_norm_fwd", &layer_norm_fwd_autocast_cuda);
+  m.impl("rms_norm", &rms_norm_autocast_cuda);
 }
 
 }  // namespace fastln

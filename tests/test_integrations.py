@@ -397,6 +397,25 @@ def test_autocast_cuda_policy_gives_torchs_float32(dtype, param_dtype):
     _close((xl.grad, wl.grad, bl.grad), (xr.grad, wr.grad, br.grad), dtype, backward=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_rms_norm_autocast_cuda_policy_is_torchs_float32(dtype):
+    # torch's rms_norm is on CUDA autocast's float32 list (an AutocastCUDA
+    # kernel of aten::rms_norm): rms_norm(x.float(), w.float()).
+    x, w, _ = _data(dtype)
+    xl, wl = (t.clone().requires_grad_() for t in (x, w))
+    got = torch.ops.fastln.rms_norm.default.redispatch(_AUTOCAST_CUDA, xl, list(NS), wl, None)
+    xr, wr = (t.clone().requires_grad_() for t in (x, w))
+    want = F.rms_norm(xr.float(), NS, wr.float())
+    assert got.dtype == torch.float32
+    _close(got.detach(), want.detach(), torch.float32)
+    g = torch.randn_like(want)
+    got.backward(g)
+    want.backward(g)
+    assert xl.grad.dtype == dtype and wl.grad.dtype == dtype
+    _close((xl.grad, wl.grad), (xr.grad, wr.grad), dtype, backward=True)
+    assert "AutocastCUDA" in torch._C._dispatch_dump("aten::rms_norm")  # torch's policy exists
+
+
 def test_torch_func_under_the_cuda_autocast_policy(monkeypatch):
     # The torch.func path calls layer_norm_fwd, which has the same autocast
     # kernel: with it (through the dispatcher, on CPU tensors), grad and jvp see
