@@ -350,6 +350,10 @@ class AddNormFunction : public torch::autograd::Function<AddNormFunction> {
                          rms, residual_dtype);
     // y's and h's gradients stay undefined when unused (no zeros to add).
     ctx->set_materialize_grads(false);
+    // h = input + residual does not depend on weight/bias: like torch's sum,
+    // it requires no grad unless input or residual does.
+    if (!input.requires_grad() && !residual.requires_grad())
+      ctx->mark_non_differentiable({h});
     ctx->save_for_backward({h, weight.value_or(at::Tensor()),
                             bias.value_or(at::Tensor()), mean, rstd});
     ctx->saved_data["normalized_shape"] = normalized_shape.vec();
@@ -396,14 +400,20 @@ class AddNormFunction : public torch::autograd::Function<AddNormFunction> {
       // Differentiable gradients: the norm recomputed from h with ATen ops.
       // h is this node's own output, saved with its history, so the graph of
       // dh reaches input and residual (through this node) as well as
-      // weight, bias and the incoming gradients.
-      const at::Tensor y =
-          composite_norm(h.to(stats_dtype(h.scalar_type())), normalized_shape,
-                         weight, bias, eps, rms)
-              .to(input_dtype);
-      const variable_list g =
-          differentiable_grads({y}, {gy}, {&h, &weight, &bias},
-                               {need_x || need_res, need_dw, need_db});
+      // weight, bias and the incoming gradients. The inner grad must not run
+      // this node (it is running; re-entering it deadlocks on its lock): h
+      // is asked for as an input, where the engine stops, and weight/bias
+      // through aliases, which no path through this node reaches.
+      const auto alias = [](const at::Tensor& t) {
+        return t.defined() ? t.view_as(t) : t;
+      };
+      const at::Tensor w = alias(weight);
+      const at::Tensor b = alias(bias);
+      const at::Tensor y = composite_norm(h.to(stats_dtype(h.scalar_type())),
+                                          normalized_shape, w, b, eps, rms)
+                               .to(input_dtype);
+      const variable_list g = differentiable_grads(
+          {y}, {gy}, {&h, &w, &b}, {need_x || need_res, need_dw, need_db});
       dh = g[0].defined() && gh.defined() ? g[0] + gh : g[0];
       dw = g[1];
       db = g[2];

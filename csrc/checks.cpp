@@ -5,6 +5,7 @@
 
 #include <limits>
 #include <sstream>
+#include <string_view>
 
 #include "layer_norm.h"
 
@@ -61,19 +62,36 @@ void check_params(at::Device device, at::ScalarType value_dtype,
 // normalized_shape against the input's trailing dims, and the input's dtype;
 // the row view. torch's messages and exception types.
 RowShape check_rows(const at::Tensor& input, at::IntArrayRef normalized_shape,
-                    const char* op_name) {
+                    const char* op_name,
+                    const std::optional<at::Tensor>& weight = std::nullopt) {
   const int64_t ndim = static_cast<int64_t>(normalized_shape.size());
   TORCH_CHECK(ndim >= 1,
               "Expected normalized_shape to be at least 1-dimensional, i.e., "
               "containing at least one element, but got normalized_shape = ",
               normalized_shape);
   const int64_t input_ndim = input.dim();
+  // torch's rms_norm checks the weight's shape first, raises ValueError for
+  // too few input dims and spells the expected shape [*4, 2]; layer_norm
+  // spells it [*, 4, 2].
+  const bool rms_style =
+      std::string_view(op_name).find("rms") != std::string_view::npos;
+  if (rms_style) {
+    if (weight.has_value() && weight->defined())
+      TORCH_CHECK(weight->sizes() == normalized_shape,
+                  "Expected weight to be of same shape as normalized_shape, "
+                  "but got weight of shape ",
+                  weight->sizes(),
+                  " and normalized_shape = ", normalized_shape);
+    TORCH_CHECK_VALUE(input_ndim >= ndim, "Input tensor must have at least ",
+                      ndim, " dimensions, but got ", input_ndim);
+  }
   if (input_ndim < ndim ||
       input.sizes().slice(input_ndim - ndim) != normalized_shape) {
     std::stringstream ss;
     ss << "Given normalized_shape=" << normalized_shape
        << ", expected input with shape [*";
-    for (const int64_t size : normalized_shape) ss << ", " << size;
+    for (size_t i = 0; i < normalized_shape.size(); ++i)
+      ss << (rms_style ? (i == 0 ? "" : ", ") : ", ") << normalized_shape[i];
     ss << "], but got input of size" << input.sizes();
     TORCH_CHECK(false, ss.str());
   }
@@ -191,7 +209,7 @@ RowShape check_forward_inputs(const at::Tensor& input,
                               const std::optional<at::Tensor>& weight,
                               const std::optional<at::Tensor>& bias,
                               const char* op_name) {
-  const RowShape rows = check_rows(input, normalized_shape, op_name);
+  const RowShape rows = check_rows(input, normalized_shape, op_name, weight);
   check_params(input.device(), input.scalar_type(), normalized_shape, weight,
                bias);
   return rows;

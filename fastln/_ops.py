@@ -54,8 +54,24 @@ def check_forward_inputs(
             "Expected normalized_shape to be at least 1-dimensional, i.e., containing at "
             f"least one element, but got normalized_shape = {shape}"
         )
+    # torch's rms_norm checks the weight's shape first, raises ValueError for too
+    # few input dims and spells the expected shape [*4, 2] (layer_norm: [*, 4, 2]).
+    rms_style = "rms" in op_name
+    if rms_style:
+        if weight is not None and list(weight.shape) != shape:
+            raise RuntimeError(
+                "Expected weight to be of same shape as normalized_shape, but got weight of "
+                f"shape {list(weight.shape)} and normalized_shape = {shape}"
+            )
+        if input.dim() < len(shape):
+            raise ValueError(
+                f"Input tensor must have at least {len(shape)} dimensions, but got {input.dim()}"
+            )
     if input.dim() < len(shape) or list(input.shape[input.dim() - len(shape) :]) != shape:
-        expected = ", ".join(["*"] + [str(s) for s in shape])
+        if rms_style:
+            expected = "*" + ", ".join(str(s) for s in shape)
+        else:
+            expected = ", ".join(["*"] + [str(s) for s in shape])
         raise RuntimeError(
             f"Given normalized_shape={shape}, expected input with shape [{expected}], "
             f"but got input of size{list(input.shape)}"
