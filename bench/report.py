@@ -185,6 +185,11 @@ def groups(rows: list[Row]) -> dict[tuple[str, str], list[Row]]:
     return out
 
 
+def dtype_width(rows: list[Row]) -> int:
+    """Width of the dtype column: 10, or the longest dtype name (bf16_fp32res)."""
+    return max([10, *(len(r["dtype"]) for r in rows)])
+
+
 def norm_prefix(rows: list[Row]) -> str:
     """'rms_norm ' for the rows of a norm other than LayerNorm, else ''."""
     norm = rows[0].get("norm") if rows else None
@@ -230,7 +235,7 @@ def geomean(values: Iterable[float]) -> float:
 
 
 def print_summary(rows: list[Row], slower_threshold: float = 1.0) -> None:
-    names = baselines(rows)
+    names, width = baselines(rows), dtype_width(rows)
     print(
         f"\nSummary{' (' + norm_prefix(rows).strip() + ')' if norm_prefix(rows) else ''}: "
         "geometric-mean speedup of fastln (min over shapes, shapes where slower)"
@@ -248,7 +253,9 @@ def print_summary(rows: list[Row], slower_threshold: float = 1.0) -> None:
             )
         fails = sum(1 for r in group if r["impl"] == "fastln" and r["status"] != "ok")
         print(
-            f"  {mode:>6} {dtype:<10}: " + "; ".join(parts) + (f"; FAIL {fails}" if fails else "")
+            f"  {mode:>6} {dtype:<{width}}: "
+            + "; ".join(parts)
+            + (f"; FAIL {fails}" if fails else "")
         )
     slow = [
         r
@@ -259,7 +266,7 @@ def print_summary(rows: list[Row], slower_threshold: float = 1.0) -> None:
         print("\nfastln SLOWER than torch eager:")
         for r in sorted(slow, key=lambda r: r["fastln_speedup"]):
             print(
-                f"  {r['mode']:>6} {r['dtype']:<10} {r['M']:>6}x{r['N']:<6} "
+                f"  {r['mode']:>6} {r['dtype']:<{width}} {r['M']:>6}x{r['N']:<6} "
                 f"{r['fastln_speedup']:.2f}x  (fastln {r['us'] / r['fastln_speedup']:.2f} us, "
                 f"eager {r['us']:.2f} us)"
             )
@@ -279,6 +286,7 @@ def print_fusion(rows: list[Row]) -> None:
     if not any(r.get("unfused_bytes") for r in rows):
         return
     names = [n for n in baselines(rows) if n in ("eager", "compile")]
+    width = dtype_width(rows)
     print(
         f"\nFused vs unfused: unfused/fused bytes (bench/bytemodel.py) and fastln's speedup "
         f"over the unfused torch composition, shapes moving >= {LARGE_BYTES / 1e6:.0f} MB"
@@ -287,9 +295,8 @@ def print_fusion(rows: list[Row]) -> None:
         large = [r for r in group if r["bytes"] >= LARGE_BYTES and r.get("unfused_bytes")]
         ratios = [r["unfused_bytes"] / r["bytes"] for r in group if r["impl"] == "fastln"
                   and r.get("unfused_bytes")]  # fmt: skip
-        line = f"  {mode:>6} {dtype:<12}: bytes ratio " + (
-            f"{min(ratios):.2f}-{max(ratios):.2f}" if ratios else "-"
-        )
+        span = sorted({f"{v:.2f}" for v in (min(ratios), max(ratios))}) if ratios else ["-"]
+        line = f"  {mode:>6} {dtype:<{width}}: bytes ratio {'-'.join(span)}"
         if not large:
             print(line + f"; no shape moves >= {LARGE_BYTES / 1e6:.0f} MB")
             continue
@@ -474,6 +481,7 @@ def print_pivot(rows: list[Row], baseline: str = "eager") -> None:
     """fastln's speedup over one baseline, one line per (mode, dtype, N), each
     entry 'M:speedup' ('!' where fastln is slower, FAIL where it failed)."""
     print(f"\nfastln speedup over {baseline} per (mode, dtype, N), entries M:speedup")
+    width = dtype_width(rows)
     for (mode, dtype), group in groups(rows).items():
         by_n: dict[int, list[str]] = defaultdict(list)
         for r in sorted(group, key=lambda r: (r["N"], r["M"])):
@@ -483,7 +491,7 @@ def print_pivot(rows: list[Row], baseline: str = "eager") -> None:
                 sp = r["fastln_speedup"]
                 by_n[r["N"]].append(f"{r['M']}:{sp:.2f}{'!' if sp < 1 else ''}")
         for n, entries in by_n.items():
-            print(f"  {mode:>6} {dtype:<10} N={n:<6} " + "  ".join(entries))
+            print(f"  {mode:>6} {dtype:<{width}} N={n:<6} " + "  ".join(entries))
 
 
 def main(argv: list[str] | None = None) -> int:
