@@ -200,10 +200,10 @@ def _eager_impl(norm: Norm, device: str, level: str) -> tuple[Impl, list[str]]:
     if norm.name == "layer_norm":
         return EAGER, []
     notes: list[str] = []
-    rms_fwd, rms_bwd, rms_notes = _aten_rms_ops(device) if norm.rms and level == "op" else (
-        _composite_rms_fwd, _composite_rms_bwd, []
-    )  # fmt: skip
-    notes += rms_notes
+    rms_fwd: FwdOp = _composite_rms_fwd
+    rms_bwd: Callable[..., tuple] = _composite_rms_bwd
+    if norm.rms and level == "op":  # the api level runs F.rms_norm
+        rms_fwd, rms_bwd, notes = _aten_rms_ops(device)
     if not norm.add:
 
         def rms_bwd_op(*args: object) -> tuple[torch.Tensor | None, ...]:
