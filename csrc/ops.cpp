@@ -21,6 +21,21 @@ TORCH_LIBRARY(fastln, m) {
       "Tensor");
   m.def(kLayerNormFwdSchema);
   m.def(kLayerNormBwdSchema);
+  // fastln.rms_norm and fastln.add_layer_norm / add_rms_norm: the same
+  // kernel family (RMSNorm and the fused add are policies of it), each op
+  // with its autograd (autograd.cpp) over its kernel ops. eps=None: the
+  // input dtype's machine epsilon, torch's rms_norm default.
+  m.def(
+      "rms_norm(Tensor input, int[] normalized_shape, Tensor? weight=None, "
+      "float? eps=None) -> Tensor");
+  m.def(kRmsNormFwdSchema);
+  m.def(kRmsNormBwdSchema);
+  m.def(
+      "add_norm(Tensor input, Tensor residual, int[] normalized_shape, "
+      "Tensor? weight=None, Tensor? bias=None, float? eps=None, "
+      "bool rms=False, ScalarType? residual_dtype=None) -> (Tensor, Tensor)");
+  m.def(kAddNormFwdSchema);
+  m.def(kAddNormBwdSchema);
 }
 
 const c10::TypedOperatorHandle<LayerNormSignature>& layer_norm_op() {

@@ -1,4 +1,5 @@
-"""fastln: a drop-in torch.nn.LayerNorm with hand-written CUDA and C++ kernels."""
+"""fastln: drop-in torch.nn.LayerNorm and torch.nn.RMSNorm, and fused residual-add
+norms, with hand-written CUDA and C++ kernels."""
 
 import warnings
 
@@ -10,8 +11,20 @@ check_torch()
 
 from . import _integrations  # noqa: E402
 from ._ops import cpu_isa, cuda_built  # noqa: E402
-from .functional import layer_norm, low_precision_layer_norm  # noqa: E402
-from .modules import LayerNorm, LowPrecisionLayerNorm, replace_layernorm  # noqa: E402
+from .functional import (  # noqa: E402
+    add_layer_norm,
+    add_rms_norm,
+    layer_norm,
+    low_precision_layer_norm,
+    rms_norm,
+)
+from .modules import (  # noqa: E402
+    LayerNorm,
+    LowPrecisionLayerNorm,
+    RMSNorm,
+    replace_layernorm,
+    replace_norms,
+)
 
 _integrations.register_onnx_symbolic()
 _integrations.register_dtensor_sharding()  # only if DTensor is loaded already
@@ -38,11 +51,16 @@ _warn_if_gpu_unused()
 __all__ = [
     "LayerNorm",
     "LowPrecisionLayerNorm",
+    "RMSNorm",
+    "add_layer_norm",
+    "add_rms_norm",
     "build_info",
     "cpu_isa",
     "cuda_built",
     "layer_norm",
     "low_precision_layer_norm",
     "replace_layernorm",
+    "replace_norms",
+    "rms_norm",
 ]
 __version__ = "0.1.0"

@@ -40,6 +40,7 @@ def check_forward_inputs(
     weight: torch.Tensor | None,
     bias: torch.Tensor | None,
     out_dtype: torch.dtype | None = None,
+    op_name: str = "layer_norm",
 ) -> torch.dtype:
     """The checks of csrc/checks.cpp, for tracing (the C++ op runs its own);
     returns the output dtype.
@@ -61,7 +62,7 @@ def check_forward_inputs(
         )
     if input.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         raise NotImplementedError(
-            f"fastln layer_norm: not implemented for '{input.dtype}'; supported dtypes are "
+            f"fastln {op_name}: not implemented for '{input.dtype}'; supported dtypes are "
             "Float, Double, Half and BFloat16"
         )
     for name, param in (("weight", weight), ("bias", bias)):
@@ -172,3 +173,141 @@ def _layer_norm_bwd_fake(
     dw = weight.new_empty(weight.shape) if output_mask[1] and weight is not None else None
     db = bias.new_empty(bias.shape) if output_mask[2] and bias is not None else None
     return dx, dw, db
+
+
+def _check_add_norm_inputs(
+    input: torch.Tensor,
+    residual: torch.Tensor,
+    normalized_shape: Sequence[int],
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    rms: bool,
+    residual_dtype: torch.dtype,
+) -> None:
+    """csrc/checks.cpp's check_add_norm_inputs, for tracing."""
+    op = "add_rms_norm" if rms else "add_layer_norm"
+    if rms and bias is not None:
+        raise RuntimeError(f"fastln {op}: RMSNorm has no bias")
+    check_forward_inputs(input, normalized_shape, weight, bias, op_name=op)
+    low = _low_precision(input.dtype)
+    if residual_dtype != input.dtype and not (low and residual_dtype == torch.float32):
+        raise RuntimeError(
+            f"fastln {op}: residual_dtype must be the input's dtype ({input.dtype})"
+            f"{' or Float' if low else ''}, but got {residual_dtype}"
+        )
+    if residual.dtype not in (input.dtype, residual_dtype):
+        raise RuntimeError(
+            f"fastln {op}: expected residual to have the input's dtype ({input.dtype}) or "
+            f"residual_dtype ({residual_dtype}), but got {residual.dtype}"
+        )
+    if residual.shape != input.shape:
+        raise RuntimeError(
+            f"Expected residual to have the input's shape {list(input.shape)}, but got "
+            f"{list(residual.shape)}"
+        )
+
+
+@torch.library.register_fake("fastln::rms_norm_fwd")
+def _rms_norm_fwd_fake(
+    input: torch.Tensor,
+    normalized_shape: Sequence[int],
+    weight: torch.Tensor | None,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    check_forward_inputs(input, normalized_shape, weight, None, op_name="rms_norm")
+    stats = _stats_shape(input, normalized_shape)
+    return input.new_empty(input.shape), input.new_empty(stats, dtype=stats_dtype(input.dtype))
+
+
+@torch.library.register_fake("fastln::rms_norm")
+def _rms_norm_fake(
+    input: torch.Tensor,
+    normalized_shape: Sequence[int],
+    weight: torch.Tensor | None = None,
+    eps: float | None = None,
+) -> torch.Tensor:
+    check_forward_inputs(input, normalized_shape, weight, None, op_name="rms_norm")
+    return input.new_empty(input.shape)
+
+
+@torch.library.register_fake("fastln::rms_norm_bwd")
+def _rms_norm_bwd_fake(
+    grad_out: torch.Tensor,
+    input: torch.Tensor,
+    normalized_shape: Sequence[int],
+    rstd: torch.Tensor,
+    weight: torch.Tensor | None,
+    output_mask: Sequence[bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    check_forward_inputs(input, normalized_shape, weight, None, op_name="rms_norm")
+    if grad_out.shape != input.shape or grad_out.dtype != input.dtype:
+        raise RuntimeError(
+            f"Expected grad_out to have the input's shape {list(input.shape)} and dtype "
+            f"{input.dtype}, but got {list(grad_out.shape)} and {grad_out.dtype}"
+        )
+    dx = input.new_empty(input.shape) if output_mask[0] else None
+    dw = weight.new_empty(weight.shape) if output_mask[1] and weight is not None else None
+    return dx, dw
+
+
+@torch.library.register_fake("fastln::add_norm_fwd")
+def _add_norm_fwd_fake(
+    input: torch.Tensor,
+    residual: torch.Tensor,
+    normalized_shape: Sequence[int],
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    rms: bool,
+    residual_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    _check_add_norm_inputs(input, residual, normalized_shape, weight, bias, rms, residual_dtype)
+    stats = _stats_shape(input, normalized_shape)
+    acc = stats_dtype(input.dtype)
+    mean = input.new_empty((0,) if rms else stats, dtype=acc)
+    return (
+        input.new_empty(input.shape),
+        input.new_empty(input.shape, dtype=residual_dtype),
+        mean,
+        input.new_empty(stats, dtype=acc),
+    )
+
+
+@torch.library.register_fake("fastln::add_norm")
+def _add_norm_fake(
+    input: torch.Tensor,
+    residual: torch.Tensor,
+    normalized_shape: Sequence[int],
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float | None = None,
+    rms: bool = False,
+    residual_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    h_dtype = input.dtype if residual_dtype is None else residual_dtype
+    _check_add_norm_inputs(input, residual, normalized_shape, weight, bias, rms, h_dtype)
+    return input.new_empty(input.shape), input.new_empty(input.shape, dtype=h_dtype)
+
+
+@torch.library.register_fake("fastln::add_norm_bwd")
+def _add_norm_bwd_fake(
+    grad_out: torch.Tensor,
+    grad_h: torch.Tensor | None,
+    h: torch.Tensor,
+    normalized_shape: Sequence[int],
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    rms: bool,
+    output_mask: Sequence[bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    if grad_out.shape != h.shape:
+        raise RuntimeError(
+            f"Expected grad_out to have the h's shape {list(h.shape)}, but got "
+            f"{list(grad_out.shape)}"
+        )
+    dh = h.new_empty(h.shape) if output_mask[0] else None
+    dw = weight.new_empty(weight.shape) if output_mask[1] and weight is not None else None
+    db = bias.new_empty(bias.shape) if output_mask[2] and bias is not None and not rms else None
+    return dh, dw, db

@@ -1,4 +1,5 @@
-"""``fastln.layer_norm``: torch.nn.functional.layer_norm on fastln's kernels."""
+"""``fastln.layer_norm``, ``fastln.rms_norm`` and the fused residual-add norms
+``fastln.add_layer_norm`` / ``fastln.add_rms_norm``, on fastln's kernels."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ from torch.autograd import forward_ad as _fwad
 
 from . import _integrations, _ops, _transforms
 
-__all__ = ["layer_norm", "low_precision_layer_norm"]
+__all__ = [
+    "add_layer_norm",
+    "add_rms_norm",
+    "layer_norm",
+    "low_precision_layer_norm",
+    "rms_norm",
+]
 
 
 _CUDA_BUILT = _ops.cuda_built()
@@ -23,6 +30,8 @@ _CUDA_BUILT = _ops.cuda_built()
 # torch.compile sees.
 _LAYER_NORM = torch.ops.fastln.layer_norm.default
 _LAYER_NORM_EAGER = _ops._C.layer_norm
+_RMS_NORM = torch.ops.fastln.rms_norm.default
+_ADD_NORM = torch.ops.fastln.add_norm.default
 _is_compiling = torch.compiler.is_compiling
 _in_onnx_export = torch.onnx.is_in_onnx_export
 _Tensor = torch.Tensor
@@ -78,12 +87,138 @@ def _supported_device(input: torch.Tensor) -> bool:
     return input.is_cpu or (input.is_cuda and _CUDA_BUILT) or input.is_meta
 
 
-def _check_device(input: torch.Tensor) -> None:
+def _check_device(input: torch.Tensor, op: str = "layer_norm") -> None:
     if not _supported_device(input):
         raise NotImplementedError(
-            f"fastln.layer_norm has no kernel for {input.device.type} tensors in this build "
+            f"fastln.{op} has no kernel for {input.device.type} tensors in this build "
             f"(kernels: {'CPU and CUDA' if _CUDA_BUILT else 'CPU only'})"
         )
+
+
+def _shape(normalized_shape: int | Sequence[int]) -> Sequence[int]:
+    if type(normalized_shape) is tuple or type(normalized_shape) is list:
+        return normalized_shape
+    if isinstance(normalized_shape, int):
+        return (normalized_shape,)
+    return tuple(int(s) for s in normalized_shape)
+
+
+def _plain(input: torch.Tensor) -> bool:
+    # The kernels' own path: a plain tensor, no functorch transform, no forward-AD
+    # level (layer_norm's fast-path test).
+    return type(input) is _Tensor and _functorch_level() is None and _fwad._current_level < 0
+
+
+def _composite(input: torch.Tensor) -> bool:
+    # Where rms_norm and the fused add norms take torch's own ops, which every
+    # transform differentiates: functorch transforms, forward AD, nested tensors
+    # and ONNX export (fastln.layer_norm has its own rules and kernels for these).
+    return (
+        input.is_nested
+        or _functorch_level() is not None
+        or _fwad._current_level >= 0
+        or (_is_compiling() and _in_onnx_export())
+    )
+
+
+def rms_norm(
+    input: torch.Tensor,
+    normalized_shape: int | Sequence[int],
+    weight: torch.Tensor | None = None,
+    eps: float | None = None,
+) -> torch.Tensor:
+    """Root mean square normalization over the trailing ``normalized_shape`` dims.
+
+    Same signature and semantics as :func:`torch.nn.functional.rms_norm`:
+    ``y = x / sqrt(mean(x^2) + eps) * weight``, accumulated in float32 (float64
+    for double input); ``eps=None`` is the machine epsilon of that accumulation
+    dtype, as torch's own kernels take it. Weight may be float32 when the input
+    is float16/bfloat16; the output has the input's dtype.
+    """
+    normalized_shape = _shape(normalized_shape)
+    if _plain(input) and not _is_compiling():
+        try:
+            return _RMS_NORM(input, normalized_shape, weight, eps)
+        except NotImplementedError:
+            _check_device(input, "rms_norm")
+            raise
+    _check_device(input, "rms_norm")
+    if _composite(input):
+        return F.rms_norm(input, normalized_shape, weight, eps)
+    return _RMS_NORM(input, normalized_shape, weight, eps)
+
+
+def _add_norm(
+    input: torch.Tensor,
+    residual: torch.Tensor,
+    normalized_shape: int | Sequence[int],
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float | None,
+    rms: bool,
+    residual_dtype: torch.dtype | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    normalized_shape = _shape(normalized_shape)
+    h_dtype = input.dtype if residual_dtype is None else residual_dtype
+    if residual.dtype != input.dtype and residual.dtype != h_dtype:
+        # The kernels read a residual of the input's dtype or h's; any other is
+        # converted once (torch's promotion would do the same work).
+        residual = residual.to(h_dtype)
+    if _plain(input) and not _is_compiling():
+        try:
+            return _ADD_NORM(input, residual, normalized_shape, weight, bias, eps, rms, h_dtype)
+        except NotImplementedError:
+            _check_device(input, "add_rms_norm" if rms else "add_layer_norm")
+            raise
+    _check_device(input, "add_rms_norm" if rms else "add_layer_norm")
+    if _composite(input):
+        h = input.to(h_dtype) + residual.to(h_dtype)
+        # The norm of h at h's precision, then the input's dtype.
+        w = None if weight is None else weight.to(h.dtype) if h.dtype == torch.float32 else weight
+        if rms:
+            y = F.rms_norm(h, normalized_shape, w, eps)
+        else:
+            b = None if bias is None else bias.to(h.dtype) if h.dtype == torch.float32 else bias
+            y = F.layer_norm(h, normalized_shape, w, b, 1e-5 if eps is None else eps)
+        return y.to(input.dtype), h
+    return _ADD_NORM(input, residual, normalized_shape, weight, bias, eps, rms, h_dtype)
+
+
+def add_layer_norm(
+    input: torch.Tensor,
+    residual: torch.Tensor,
+    normalized_shape: int | Sequence[int],
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    *,
+    residual_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pre-norm residual step in one kernel: ``h = input + residual`` and
+    ``y = layer_norm(h)``; returns ``(y, h)``.
+
+    ``h`` is kept in ``residual_dtype`` (default: the input's; ``torch.float32``
+    keeps a float32 residual stream under half/bfloat16 activations) and ``y``,
+    in the input's dtype, is computed from ``h`` at ``h``'s precision. Gradients
+    reach ``input``, ``residual``, ``weight`` and ``bias`` from both ``y`` and
+    ``h``. The kernel reads ``input`` and ``residual`` once and writes ``h`` and
+    ``y``; the backward writes one gradient, that of ``input`` and ``residual``.
+    """
+    return _add_norm(input, residual, normalized_shape, weight, bias, eps, False, residual_dtype)
+
+
+def add_rms_norm(
+    input: torch.Tensor,
+    residual: torch.Tensor,
+    normalized_shape: int | Sequence[int],
+    weight: torch.Tensor | None = None,
+    eps: float | None = None,
+    *,
+    residual_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`add_layer_norm` with :func:`rms_norm`: ``h = input + residual``,
+    ``y = rms_norm(h)``; returns ``(y, h)`` (``eps=None`` as in :func:`rms_norm`)."""
+    return _add_norm(input, residual, normalized_shape, weight, None, eps, True, residual_dtype)
 
 
 def _special_input(

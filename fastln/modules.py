@@ -1,13 +1,14 @@
-"""``fastln.LayerNorm`` and ``fastln.replace_layernorm``."""
+"""``fastln.LayerNorm``, ``fastln.RMSNorm``, ``fastln.replace_layernorm`` and
+``fastln.replace_norms``."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .functional import layer_norm, low_precision_layer_norm
+from .functional import layer_norm, low_precision_layer_norm, rms_norm
 
-__all__ = ["LayerNorm", "LowPrecisionLayerNorm", "replace_layernorm"]
+__all__ = ["LayerNorm", "LowPrecisionLayerNorm", "RMSNorm", "replace_layernorm", "replace_norms"]
 
 
 class LayerNorm(nn.LayerNorm):
@@ -84,4 +85,50 @@ def replace_layernorm(module: nn.Module, *, low_precision: bool = False) -> nn.M
     for sub in module.modules():
         if type(sub) is nn.LayerNorm:
             sub.__class__ = cls
+    return module
+
+
+class RMSNorm(nn.RMSNorm):
+    """Drop-in :class:`torch.nn.RMSNorm` running fastln's kernels.
+
+    Like :class:`LayerNorm`, it changes only ``forward``: constructor
+    (``normalized_shape, eps=None, elementwise_affine=True, device=None,
+    dtype=None``), parameters, ``state_dict`` keys and ``repr`` are torch's own,
+    and ``isinstance(m, nn.RMSNorm)`` holds.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return rms_norm(input, self.normalized_shape, self.weight, self.eps)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        # As LayerNorm's: TorchScript compiles a subclass that calls the op.
+        scriptable = _ScriptableRMSNorm.__new__(_ScriptableRMSNorm)
+        scriptable.__dict__.update(self.__dict__)
+        return scriptable
+
+
+class _ScriptableRMSNorm(RMSNorm):
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return torch.ops.fastln.rms_norm(input, self.normalized_shape, self.weight, self.eps)
+        return self._eager_forward(input)
+
+    @torch.jit.unused
+    def _eager_forward(self, input: torch.Tensor) -> torch.Tensor:
+        return super().forward(input)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        return self
+
+
+def replace_norms(module: nn.Module, *, low_precision: bool = False) -> nn.Module:
+    """:func:`replace_layernorm` for every norm fastln has: each exact
+    ``torch.nn.LayerNorm`` becomes a ``fastln.LayerNorm`` (``LowPrecisionLayerNorm``
+    with ``low_precision=True``) and each exact ``torch.nn.RMSNorm`` a
+    ``fastln.RMSNorm``, in place, keeping identity, parameters, hooks and mode;
+    subclasses are left alone. Returns ``module``."""
+    replace_layernorm(module, low_precision=low_precision)
+    for sub in module.modules():
+        if type(sub) is nn.RMSNorm:
+            sub.__class__ = RMSNorm
     return module

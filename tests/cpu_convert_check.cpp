@@ -29,6 +29,8 @@ struct BFloat16 {
 };
 }  // namespace c10
 
+#include "cpu/policies.h"  // kernels.h's policy types (as kernel_copies.h)
+
 #define FASTLN_VEC_BYTES 16
 #include "cpu/kernels.h"
 #undef FASTLN_VEC_BYTES

@@ -13,6 +13,8 @@
 // capability. torch's own kernels use AVX-512 where it exists, so an AVX2
 // copy alone left bfloat16/half rows behind them (bfloat16 forward geomean
 // 1.06x of torch on an AVX-512 AMD EPYC).
+#include "policies.h"
+
 namespace isa_base {
 #define FASTLN_VEC_BYTES 16
 #include "kernels.h"

@@ -546,14 +546,38 @@ __attribute__((always_inline)) inline RowStats<acc_t> row_stats(const T* x,
   return {shift, delta, std::max(var, acc_t(0))};
 }
 
+// RMSNorm's statistic (norm_stats<true>): the mean square, as `var` of a
+// RowStats with shift = delta = 0, summed with the same blocked cascade as
+// row_stats. rstd = 1 / sqrt(mean(x^2) + eps), torch's rms_norm.
+template <bool kRms, typename acc_t, typename T>
+__attribute__((always_inline)) inline RowStats<acc_t> norm_stats(const T* x,
+                                                                 int64_t N) {
+  if constexpr (kRms) {
+    const acc_t sum_sq = row_sums<1, acc_t>(N, [&](auto at) {
+      const auto v = at(x);
+      return std::array{v * v};
+    })[0];
+    return {acc_t(0), acc_t(0), sum_sq / static_cast<acc_t>(N)};
+  } else {
+    return row_stats<acc_t>(x, N);
+  }
+}
+
 // y = ((x - shift) - delta) * rstd * w + b with w, b optional (nullptr when
-// absent). The differences come first (see row_stats): the shorter
-// x * rstd + (-mean * rstd) cancels catastrophically when |mean| >> std.
-template <typename Store, typename scalar_t, typename acc_t, typename T>
+// absent); RMSNorm (kRms): y = x * rstd * w. The differences come first (see
+// row_stats): the shorter x * rstd + (-mean * rstd) cancels catastrophically
+// when |mean| >> std.
+template <bool kRms, typename Store, typename scalar_t, typename acc_t,
+          typename T>
 inline void row_affine(const T* x, int64_t N, RowStats<acc_t> st, acc_t rstd,
                        const acc_t* w, const acc_t* b, scalar_t* y) {
   const acc_t shift = st.shift, delta = st.delta;
-  auto xhat = [&](auto at) { return ((at(x) - shift) - delta) * rstd; };
+  auto xhat = [&](auto at) {
+    if constexpr (kRms)
+      return at(x) * rstd;
+    else
+      return ((at(x) - shift) - delta) * rstd;
+  };
   if (w != nullptr && b != nullptr)
     row_map<acc_t, Store>(N, y,
                           [&](auto at) { return xhat(at) * at(w) + at(b); });
@@ -565,22 +589,64 @@ inline void row_affine(const T* x, int64_t N, RowStats<acc_t> st, acc_t rstd,
     row_map<acc_t, Store>(N, y, [&](auto at) { return xhat(at); });
 }
 
+// The forward's load policies (policies.h): NoAdd reads the input row;
+// AddResidual forms h = x + residual, added in acc_t and rounded to H,
+// writes it to h, and the norm reads that rounded h (from the acc_t scratch
+// row, so h is never read back from memory).
+
+// v rounded to H and back (the value an H element holds), for a vector or a
+// scalar of acc_t.
+template <typename H, typename acc_t, typename V>
+inline V rounded_as(V v) {
+  if constexpr (std::is_same_v<H, acc_t>) {
+    return v;
+  } else if constexpr (std::is_same_v<V, acc_t>) {
+    H tmp[1];
+    store_from_acc(tmp, 0, v);
+    return load_as_acc<acc_t>(tmp, 0);
+  } else {
+    H tmp[Simd<acc_t>::kWidth];
+    store_vec<H, acc_t>(tmp, v);
+    return load_vec<acc_t>(tmp);
+  }
+}
+
+// Row r of h = x + residual: into `scratch` (N acc_t, the values h holds)
+// and, with Store, into h. Returns scratch.
+template <typename Store, typename R, typename H, typename scalar_t,
+          typename acc_t>
+inline const acc_t* add_residual_row(const scalar_t* x,
+                                     const AddResidual<R, H>& add, int64_t r,
+                                     int64_t N, acc_t* scratch) {
+  const R* res = add.residual + r * N;
+  row_map<acc_t>(N, scratch, [&](auto at) {
+    return rounded_as<H, acc_t>(at(x) + at(res));
+  });
+  row_map<acc_t, Store>(N, add.h + r * N, [&](auto at) { return at(scratch); });
+  return scratch;
+}
+
 // Forward over rows [row_begin, row_end). `scratch` holds N acc_t (used only
-// when !kReadInPlace<scalar_t>); stream: write y with StreamStore.
-template <typename Store, typename scalar_t, typename acc_t>
-void forward_rows_impl(const scalar_t* x, const acc_t* w, const acc_t* b,
-                       scalar_t* y, acc_t* mean_out, acc_t* rstd_out, int64_t N,
-                       acc_t eps, int64_t row_begin, int64_t row_end,
-                       acc_t* scratch) {
+// when the row is not read in place: !kReadInPlace<scalar_t>, or a fused
+// add); stream: write y (and h) with StreamStore. mean_out is unused for
+// RMSNorm.
+template <bool kRms, typename Store, typename Load, typename scalar_t,
+          typename acc_t>
+void forward_rows_impl(const scalar_t* x, const Load& load, const acc_t* w,
+                       const acc_t* b, scalar_t* y, acc_t* mean_out,
+                       acc_t* rstd_out, int64_t N, acc_t eps, int64_t row_begin,
+                       int64_t row_end, acc_t* scratch) {
   auto row = [&](int64_t r, const auto* xr) {
-    const RowStats<acc_t> st = row_stats<acc_t>(xr, N);
+    const RowStats<acc_t> st = norm_stats<kRms, acc_t>(xr, N);
     const acc_t rstd = acc_t(1) / std::sqrt(st.var + eps);
-    row_affine<Store>(xr, N, st, rstd, w, b, y + r * N);
-    mean_out[r] = st.shift + st.delta;
+    row_affine<kRms, Store>(xr, N, st, rstd, w, b, y + r * N);
+    if constexpr (!kRms) mean_out[r] = st.shift + st.delta;
     rstd_out[r] = rstd;
   };
   for (int64_t r = row_begin; r < row_end; ++r) {
-    if constexpr (kReadInPlace<scalar_t>)
+    if constexpr (!std::is_same_v<Load, NoAdd>)
+      row(r, add_residual_row<Store>(x + r * N, load, r, N, scratch));
+    else if constexpr (kReadInPlace<scalar_t>)
       row(r, x + r * N);
     else
       row(r, row_as_acc(x + r * N, N, scratch));
@@ -588,18 +654,18 @@ void forward_rows_impl(const scalar_t* x, const acc_t* w, const acc_t* b,
   if constexpr (std::is_same_v<Store, StreamStore>) stream_fence();
 }
 
-template <typename scalar_t, typename acc_t>
-FASTLN_FLATTEN void forward_rows(const scalar_t* x, const acc_t* w,
-                                 const acc_t* b, scalar_t* y, acc_t* mean_out,
-                                 acc_t* rstd_out, int64_t N, acc_t eps,
-                                 int64_t row_begin, int64_t row_end,
+template <bool kRms, typename Load, typename scalar_t, typename acc_t>
+FASTLN_FLATTEN void forward_rows(const scalar_t* x, const Load& load,
+                                 const acc_t* w, const acc_t* b, scalar_t* y,
+                                 acc_t* mean_out, acc_t* rstd_out, int64_t N,
+                                 acc_t eps, int64_t row_begin, int64_t row_end,
                                  acc_t* scratch, bool stream) {
   if (stream)
-    forward_rows_impl<StreamStore>(x, w, b, y, mean_out, rstd_out, N, eps,
-                                   row_begin, row_end, scratch);
+    forward_rows_impl<kRms, StreamStore>(x, load, w, b, y, mean_out, rstd_out,
+                                         N, eps, row_begin, row_end, scratch);
   else
-    forward_rows_impl<PlainStore>(x, w, b, y, mean_out, rstd_out, N, eps,
-                                  row_begin, row_end, scratch);
+    forward_rows_impl<kRms, PlainStore>(x, load, w, b, y, mean_out, rstd_out, N,
+                                        eps, row_begin, row_end, scratch);
 }
 
 // Backward over rows [row_begin, row_end).
@@ -612,9 +678,14 @@ FASTLN_FLATTEN void forward_rows(const scalar_t* x, const acc_t* w,
 // The saved mean is rounded to acc_t, which for |mean| >> std is off by a
 // good fraction of a std (see row_stats); the first pass therefore also sums
 // d = x - mean, whose average `delta` corrects it: xhat = (d - delta) * rstd.
+// RMSNorm (kRms): xhat = x * rstd and dx = rstd * (g - xhat * mean(g * xhat)),
+// dweight alone (no bias). The fused add (add_norm_bwd) reads h as x and
+// adds grad_h to dx (the GradH store policy): dx is then the gradient of
+// both the input and the residual.
 // Writes dx for every row and, when kParamGrads, adds the rows' dy * xhat
-// and dy column sums into dw_acc and db_acc (N acc_t each). The variants are
-// compile-time so that the per-element loop has no branch.
+// and dy column sums into dw_acc and db_acc (N acc_t each; db_acc unused for
+// RMSNorm). The variants are compile-time so that the per-element loop has
+// no branch.
 
 // Rows whose second pass runs together: w, dw_acc and db_acc are then loaded
 // and dw_acc/db_acc stored once per kTileRows rows, the tile's terms summed
@@ -635,131 +706,155 @@ struct RowGrad {
   acc_t mu, delta, rs, mean_g, c;
 };
 
-// Pass 1 of one row: sum(d), sum(g) and sum(g * d). xr and dyr hold the row
-// of x and dy, in place (kReadInPlace) or as acc_t copies.
-template <bool kHasWeight, typename acc_t, typename T>
+// Pass 1 of one row: sum(d), sum(g) and sum(g * d) (RMSNorm: sum(g * x)).
+// xr and dyr hold the row of x and dy, in place (kReadInPlace) or as acc_t
+// copies.
+template <bool kRms, bool kHasWeight, typename acc_t, typename T, typename G>
 __attribute__((always_inline)) inline RowGrad<acc_t> backward_row_pass1(
-    const T* xr, const T* dyr, acc_t mu, acc_t rs, const acc_t* w, int64_t N) {
-  const auto [sum_d, sum_g, sum_gd] = row_sums<3, acc_t>(N, [&](auto at) {
-    const auto d = at(xr) - mu;
-    if constexpr (kHasWeight) {
-      const auto g = at(dyr) * at(w);
-      return std::array{d, g, g * d};
-    } else {
-      const auto g = at(dyr);
-      return std::array{d, g, g * d};
-    }
-  });
+    const T* xr, const G* dyr, acc_t mu, acc_t rs, const acc_t* w, int64_t N) {
   const acc_t inv_n = acc_t(1) / static_cast<acc_t>(N);
-  const acc_t delta = sum_d * inv_n;
-  const acc_t mean_g = sum_g * inv_n;
-  // mean(g * xhat) = rstd * (sum(g * d) - delta * sum(g)) / N; pass 2 takes
-  // dx = (g - mean_g) * rs - xhat * c with c = rs * mean(g * xhat).
-  const acc_t mean_gx = rs * (sum_gd - delta * sum_g) * inv_n;
-  return {mu, delta, rs, mean_g, rs * mean_gx};
+  auto g_of = [&](auto at) {
+    if constexpr (kHasWeight)
+      return at(dyr) * at(w);
+    else
+      return at(dyr);
+  };
+  if constexpr (kRms) {
+    const acc_t sum_gx = row_sums<1, acc_t>(
+        N, [&](auto at) { return std::array{g_of(at) * at(xr)}; })[0];
+    // mean(g * xhat) = rstd * sum(g * x) / N; c = rs * mean(g * xhat).
+    return {acc_t(0), acc_t(0), rs, acc_t(0), rs * rs * sum_gx * inv_n};
+  } else {
+    const auto [sum_d, sum_g, sum_gd] = row_sums<3, acc_t>(N, [&](auto at) {
+      const auto d = at(xr) - mu;
+      const auto g = g_of(at);
+      return std::array{d, g, g * d};
+    });
+    const acc_t delta = sum_d * inv_n;
+    const acc_t mean_g = sum_g * inv_n;
+    // mean(g * xhat) = rstd * (sum(g * d) - delta * sum(g)) / N; pass 2 takes
+    // dx = (g - mean_g) * rs - xhat * c with c = rs * mean(g * xhat).
+    const acc_t mean_gx = rs * (sum_gd - delta * sum_g) * inv_n;
+    return {mu, delta, rs, mean_g, rs * mean_gx};
+  }
 }
 
-// Pass 1 and 2 of R consecutive rows from `first`.
-template <size_t R, bool kHasWeight, bool kParamGrads, typename Store,
-          typename scalar_t, typename acc_t>
-inline void backward_tile(const scalar_t* dy, const scalar_t* x,
-                          const acc_t* mean, const acc_t* rstd, const acc_t* w,
+// The backward's store policies for dx (policies.h): NoGradH writes the
+// norm's input gradient; GradH (add_norm_bwd) adds grad_h, of dx's type.
+
+// A row of x or dy as the kernels read it: in place (kReadInPlace) or as an
+// acc_t copy in `buf` (N acc_t).
+template <typename T, typename acc_t>
+inline auto row_for_read(const T* p, int64_t N, acc_t* buf) {
+  using R = std::conditional_t<kReadInPlace<T>, T, acc_t>;
+  if constexpr (kReadInPlace<T>)
+    return static_cast<const R*>(p);
+  else
+    return static_cast<const R*>(row_as_acc(p, N, buf));
+}
+
+// Pass 1 and 2 of R consecutive rows from `first`. dy has type G, x and dx
+// type scalar_t (they differ for a fused add under a float32 h).
+template <size_t R, bool kRms, bool kHasWeight, bool kParamGrads,
+          typename Store, typename DH, typename scalar_t, typename G,
+          typename acc_t>
+inline void backward_tile(const G* dy, const scalar_t* x, const acc_t* mean,
+                          const acc_t* rstd, const acc_t* w, const DH& dh,
                           scalar_t* dx, acc_t* dw_acc, acc_t* db_acc, int64_t N,
                           int64_t first, acc_t* scratch) {
-  using T = std::conditional_t<kReadInPlace<scalar_t>, scalar_t, acc_t>;
-  std::array<const T*, R> xr, dyr;
+  using TX = std::conditional_t<kReadInPlace<scalar_t>, scalar_t, acc_t>;
+  using TG = std::conditional_t<kReadInPlace<G>, G, acc_t>;
+  std::array<const TX*, R> xr;
+  std::array<const TG*, R> dyr;
   std::array<scalar_t*, R> dxr;
   std::array<RowGrad<acc_t>, R> k;
   for (size_t r = 0; r < R; ++r) {
     const int64_t row = first + static_cast<int64_t>(r);
-    if constexpr (kReadInPlace<scalar_t>) {
-      xr[r] = x + row * N;
-      dyr[r] = dy + row * N;
-    } else {
-      xr[r] = row_as_acc(x + row * N, N, scratch + 2 * r * N);
-      dyr[r] = row_as_acc(dy + row * N, N, scratch + (2 * r + 1) * N);
-    }
+    xr[r] = row_for_read(x + row * N, N, scratch + 2 * r * N);
+    dyr[r] = row_for_read(dy + row * N, N, scratch + (2 * r + 1) * N);
     dxr[r] = dx + row * N;
-    k[r] = backward_row_pass1<kHasWeight>(xr[r], dyr[r], mean[row], rstd[row],
-                                          w, N);
+    const acc_t mu = kRms ? acc_t(0) : mean[row];
+    k[r] = backward_row_pass1<kRms, kHasWeight>(xr[r], dyr[r], mu, rstd[row], w,
+                                                N);
   }
   rows_map<acc_t, R, Store>(N, dxr, [&](auto at) {
     using V = decltype(at(w));
     std::array<V, R> out, dw_terms, db_terms;
     for (size_t r = 0; r < R; ++r) {
       const V dy_i = at(dyr[r]);
-      const V xhat = ((at(xr[r]) - k[r].mu) - k[r].delta) * k[r].rs;
+      V xhat;
+      if constexpr (kRms)
+        xhat = at(xr[r]) * k[r].rs;
+      else
+        xhat = ((at(xr[r]) - k[r].mu) - k[r].delta) * k[r].rs;
       V g = dy_i;
       if constexpr (kHasWeight) g = g * at(w);
-      out[r] = (g - k[r].mean_g) * k[r].rs - xhat * k[r].c;
+      if constexpr (kRms)
+        out[r] = g * k[r].rs - xhat * k[r].c;
+      else
+        out[r] = (g - k[r].mean_g) * k[r].rs - xhat * k[r].c;
+      if constexpr (!std::is_same_v<DH, NoGradH>)
+        out[r] = out[r] + at(dh.grad_h + (first + static_cast<int64_t>(r)) * N);
       dw_terms[r] = dy_i * xhat;
       db_terms[r] = dy_i;
     }
     if constexpr (kParamGrads) {
       at.add(dw_acc, pairwise_sum(dw_terms));
-      at.add(db_acc, pairwise_sum(db_terms));
+      if constexpr (!kRms) at.add(db_acc, pairwise_sum(db_terms));
     }
     return out;
   });
 }
 
-// `scratch` holds 2 * kTileRows * N acc_t (used only when
-// !kReadInPlace<scalar_t>).
-template <bool kHasWeight, bool kParamGrads, typename Store, typename scalar_t,
-          typename acc_t>
-void backward_rows_impl(const scalar_t* dy, const scalar_t* x,
-                        const acc_t* mean, const acc_t* rstd, const acc_t* w,
+// `scratch` holds 2 * kTileRows * N acc_t (used only for rows not read in
+// place).
+template <bool kRms, bool kHasWeight, bool kParamGrads, typename Store,
+          typename DH, typename scalar_t, typename G, typename acc_t>
+void backward_rows_impl(const G* dy, const scalar_t* x, const acc_t* mean,
+                        const acc_t* rstd, const acc_t* w, const DH& dh,
                         scalar_t* dx, acc_t* dw_acc, acc_t* db_acc, int64_t N,
                         int64_t row_begin, int64_t row_end, acc_t* scratch) {
   int64_t r = row_begin;
   if (N * static_cast<int64_t>(sizeof(acc_t)) <= kTileMaxRowBytes) {
     for (; r + kTileRows <= row_end; r += kTileRows)
-      backward_tile<kTileRows, kHasWeight, kParamGrads, Store>(
-          dy, x, mean, rstd, w, dx, dw_acc, db_acc, N, r, scratch);
+      backward_tile<kTileRows, kRms, kHasWeight, kParamGrads, Store>(
+          dy, x, mean, rstd, w, dh, dx, dw_acc, db_acc, N, r, scratch);
   }
   for (; r < row_end; ++r)
-    backward_tile<1, kHasWeight, kParamGrads, Store>(
-        dy, x, mean, rstd, w, dx, dw_acc, db_acc, N, r, scratch);
+    backward_tile<1, kRms, kHasWeight, kParamGrads, Store>(
+        dy, x, mean, rstd, w, dh, dx, dw_acc, db_acc, N, r, scratch);
   if constexpr (std::is_same_v<Store, StreamStore>) stream_fence();
 }
 
-template <typename Store, typename scalar_t, typename acc_t>
-void backward_rows_store(const scalar_t* dy, const scalar_t* x,
-                         const acc_t* mean, const acc_t* rstd, const acc_t* w,
-                         scalar_t* dx, acc_t* dw_acc, acc_t* db_acc, int64_t N,
-                         int64_t row_begin, int64_t row_end, acc_t* scratch) {
-  const bool param_grads = dw_acc != nullptr;
-  if (w != nullptr && param_grads)
-    backward_rows_impl<true, true, Store>(dy, x, mean, rstd, w, dx, dw_acc,
-                                          db_acc, N, row_begin, row_end,
-                                          scratch);
-  else if (w != nullptr)
-    backward_rows_impl<true, false, Store>(dy, x, mean, rstd, w, dx, dw_acc,
-                                           db_acc, N, row_begin, row_end,
-                                           scratch);
-  else if (param_grads)
-    backward_rows_impl<false, true, Store>(dy, x, mean, rstd, w, dx, dw_acc,
-                                           db_acc, N, row_begin, row_end,
-                                           scratch);
+// f(std::true_type) or f(std::false_type): a run-time flag as a compile-time
+// variant.
+template <typename F>
+inline void with_flag(bool flag, const F& f) {
+  if (flag)
+    f(std::true_type{});
   else
-    backward_rows_impl<false, false, Store>(dy, x, mean, rstd, w, dx, dw_acc,
-                                            db_acc, N, row_begin, row_end,
-                                            scratch);
+    f(std::false_type{});
 }
 
-// dw_acc and db_acc are both given (dweight/dbias wanted) or both nullptr;
-// stream: write dx with StreamStore.
-template <typename scalar_t, typename acc_t>
-FASTLN_FLATTEN void backward_rows(const scalar_t* dy, const scalar_t* x,
+// dw_acc is given when dweight/dbias are wanted (db_acc too, unless kRms),
+// else nullptr; stream: write dx with StreamStore.
+template <bool kRms, typename DH, typename scalar_t, typename G, typename acc_t>
+FASTLN_FLATTEN void backward_rows(const G* dy, const scalar_t* x,
                                   const acc_t* mean, const acc_t* rstd,
-                                  const acc_t* w, scalar_t* dx, acc_t* dw_acc,
-                                  acc_t* db_acc, int64_t N, int64_t row_begin,
-                                  int64_t row_end, acc_t* scratch,
-                                  bool stream) {
-  if (stream)
-    backward_rows_store<StreamStore>(dy, x, mean, rstd, w, dx, dw_acc, db_acc,
-                                     N, row_begin, row_end, scratch);
-  else
-    backward_rows_store<PlainStore>(dy, x, mean, rstd, w, dx, dw_acc, db_acc, N,
-                                    row_begin, row_end, scratch);
+                                  const acc_t* w, const DH& dh, scalar_t* dx,
+                                  acc_t* dw_acc, acc_t* db_acc, int64_t N,
+                                  int64_t row_begin, int64_t row_end,
+                                  acc_t* scratch, bool stream) {
+  with_flag(stream, [&](auto streamed) {
+    using Store =
+        std::conditional_t<decltype(streamed)::value, StreamStore, PlainStore>;
+    with_flag(w != nullptr, [&](auto has_weight) {
+      with_flag(dw_acc != nullptr, [&](auto param_grads) {
+        backward_rows_impl<kRms, decltype(has_weight)::value,
+                           decltype(param_grads)::value, Store>(
+            dy, x, mean, rstd, w, dh, dx, dw_acc, db_acc, N, row_begin, row_end,
+            scratch);
+      });
+    });
+  });
 }

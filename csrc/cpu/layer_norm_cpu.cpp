@@ -97,21 +97,22 @@ Isa& active_isa() {
 #define FASTLN_DISPATCH_ISA(fn, ...) return isa_base::fn(__VA_ARGS__);
 #endif
 
-template <typename scalar_t, typename acc_t>
-void forward_rows(const scalar_t* x, const acc_t* w, const acc_t* b,
-                  scalar_t* y, acc_t* mean, acc_t* rstd, int64_t N, acc_t eps,
-                  int64_t begin, int64_t end, acc_t* scratch, bool stream) {
-  FASTLN_DISPATCH_ISA(forward_rows, x, w, b, y, mean, rstd, N, eps, begin, end,
-                      scratch, stream)
+template <bool kRms, typename Load, typename scalar_t, typename acc_t>
+void forward_rows(const scalar_t* x, const Load& load, const acc_t* w,
+                  const acc_t* b, scalar_t* y, acc_t* mean, acc_t* rstd,
+                  int64_t N, acc_t eps, int64_t begin, int64_t end,
+                  acc_t* scratch, bool stream) {
+  FASTLN_DISPATCH_ISA(forward_rows<kRms>, x, load, w, b, y, mean, rstd, N, eps,
+                      begin, end, scratch, stream)
 }
 
-template <typename scalar_t, typename acc_t>
-void backward_rows(const scalar_t* dy, const scalar_t* x, const acc_t* mean,
-                   const acc_t* rstd, const acc_t* w, scalar_t* dx,
-                   acc_t* dw_acc, acc_t* db_acc, int64_t N, int64_t begin,
-                   int64_t end, acc_t* scratch, bool stream) {
-  FASTLN_DISPATCH_ISA(backward_rows, dy, x, mean, rstd, w, dx, dw_acc, db_acc,
-                      N, begin, end, scratch, stream)
+template <bool kRms, typename DH, typename scalar_t, typename G, typename acc_t>
+void backward_rows(const G* dy, const scalar_t* x, const acc_t* mean,
+                   const acc_t* rstd, const acc_t* w, const DH& dh,
+                   scalar_t* dx, acc_t* dw_acc, acc_t* db_acc, int64_t N,
+                   int64_t begin, int64_t end, acc_t* scratch, bool stream) {
+  FASTLN_DISPATCH_ISA(backward_rows<kRms>, dy, x, mean, rstd, w, dh, dx, dw_acc,
+                      db_acc, N, begin, end, scratch, stream)
 }
 
 // Whether an output of `bytes` is written with non-temporal stores
@@ -176,7 +177,7 @@ class ParamAsAcc {
 // Calls fn with the data pointer of a parameter gradient, typed by its dtype
 // (acc_t or scalar_t, the dtypes a parameter may have).
 template <typename scalar_t, typename acc_t, typename Fn>
-void with_param_ptr(at::Tensor& t, const Fn& fn) {
+void with_param_ptr(const at::Tensor& t, const Fn& fn) {
   if (t.scalar_type() == c10::CppTypeToScalarType<acc_t>::value)
     fn(t.mutable_data_ptr<acc_t>());
   else
@@ -284,6 +285,242 @@ class PairwiseRowSums {
   acc_t* group_;
 };
 
+// The forward kernels over M > 0 rows of N > 0 elements: out = norm(x), or
+// with a residual, h = x + residual and out = norm(h). x (and residual) are
+// contiguous; w/b contiguous or undefined; mean is unused for RMSNorm. The
+// residual and h types the kernels take: h and residual of x's dtype, or a
+// float32 h of half/bfloat16 x with a residual of either dtype (the checks
+// of add_norm_fwd allow nothing else).
+template <bool kRms>
+void run_forward(const at::Tensor& x, const at::Tensor& residual,
+                 const at::Tensor& h, const at::Tensor& w, const at::Tensor& b,
+                 double eps, int64_t M, int64_t N, const at::Tensor& out,
+                 const at::Tensor& mean, const at::Tensor& rstd) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "fastln_norm_fwd_cpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const scalar_t* x_ptr = x.const_data_ptr<scalar_t>();
+        const ParamAsAcc<scalar_t, acc_t> w_acc(w), b_acc(b);
+        scalar_t* y_ptr = out.mutable_data_ptr<scalar_t>();
+        acc_t* mean_ptr = kRms ? nullptr : mean.mutable_data_ptr<acc_t>();
+        acc_t* rstd_ptr = rstd.mutable_data_ptr<acc_t>();
+        const acc_t eps_acc = static_cast<acc_t>(eps);
+        // Streaming by the output; a fused add writes h as well, as large.
+        const bool stream = stream_output(out.nbytes());
+        const bool read_in_place =
+            isa_base::kReadInPlace<scalar_t> && !h.defined();
+        const auto run = [&](const auto& load) {
+          at::parallel_for(0, M, row_grain(N), [&](int64_t begin, int64_t end) {
+            std::vector<acc_t> scratch(read_in_place ? 0 : N);
+            forward_rows<kRms>(x_ptr, load, w_acc.get(), b_acc.get(), y_ptr,
+                               mean_ptr, rstd_ptr, N, eps_acc, begin, end,
+                               scratch.data(), stream);
+          });
+        };
+        if (!h.defined()) return run(NoAdd{});
+        if (h.scalar_type() == x.scalar_type())
+          return run(AddResidual<scalar_t, scalar_t>{
+              residual.const_data_ptr<scalar_t>(),
+              h.mutable_data_ptr<scalar_t>()});
+        if constexpr (!std::is_same_v<scalar_t, acc_t>) {
+          // half/bfloat16 x, float32 h.
+          float* h_ptr = h.mutable_data_ptr<float>();
+          if (residual.scalar_type() == x.scalar_type())
+            return run(AddResidual<scalar_t, float>{
+                residual.const_data_ptr<scalar_t>(), h_ptr});
+          return run(AddResidual<float, float>{residual.const_data_ptr<float>(),
+                                               h_ptr});
+        }
+        TORCH_INTERNAL_ASSERT(false, "fastln: unexpected h dtype ",
+                              h.scalar_type());
+      });
+}
+
+// The backward kernels over M > 0 rows of N > 0 elements, for x (the norm's
+// input: the input, or h of a fused add) of dtype T and dy of dtype T, or
+// half/bfloat16 under a float32 x (a fused add's float32 h). dx (x's dtype,
+// shape) is always written: the norm's input gradient, plus grad_h when
+// defined (x's dtype). dw/db (each undefined unless wanted; db never for
+// RMSNorm) have dtype T or float32, and w is of the same dtype (or absent).
+template <bool kRms>
+void run_backward(const at::Tensor& dy, const at::Tensor& x,
+                  const at::Tensor& grad_h, const at::Tensor& mean,
+                  const at::Tensor& rstd, const at::Tensor& w, int64_t M,
+                  int64_t N, const at::Tensor& dx, const at::Tensor& dw,
+                  const at::Tensor& db) {
+  const bool param_grads = dw.defined() || db.defined();
+  const at::ScalarType acc = stats_dtype(x.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "fastln_norm_bwd_cpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const scalar_t* x_ptr = x.const_data_ptr<scalar_t>();
+        const acc_t* mean_ptr = kRms ? nullptr : mean.const_data_ptr<acc_t>();
+        const acc_t* rstd_ptr = rstd.const_data_ptr<acc_t>();
+        const ParamAsAcc<scalar_t, acc_t> w_acc(w);
+        const acc_t* w_ptr = w_acc.get();
+        scalar_t* dx_ptr = dx.mutable_data_ptr<scalar_t>();
+        const bool stream = stream_output(dx.nbytes());
+        // Rows of a 16-bit x or dy are converted into scratch (kTileRows rows
+        // of each at a time).
+        const int64_t scratch_size = isa_base::kReadInPlace<scalar_t> &&
+                                             dy.scalar_type() == x.scalar_type()
+                                         ? 0
+                                         : 2 * isa_base::kTileRows * N;
+        // Sums per row in the partials: dy * xhat, and dy unless RMSNorm.
+        constexpr int64_t kSums = kRms ? 1 : 2;
+
+        const auto run = [&](const auto* dy_ptr, const auto& dh) {
+          const auto rows = [&](int64_t begin, int64_t end, acc_t* sums,
+                                acc_t* scratch) {
+            backward_rows<kRms>(dy_ptr, x_ptr, mean_ptr, rstd_ptr, w_ptr, dh,
+                                dx_ptr, sums,
+                                sums == nullptr ? nullptr : sums + N, N, begin,
+                                end, scratch, stream);
+          };
+          if (!param_grads) {
+            at::parallel_for(0, M, row_grain(N),
+                             [&](int64_t begin, int64_t end) {
+                               std::vector<acc_t> scratch(scratch_size);
+                               rows(begin, end, nullptr, scratch.data());
+                             });
+            return;
+          }
+          const BlockPlan plan = plan_blocks(M, N);
+          // partial[block][0] sums dy * xhat, partial[block][1] sums dy. Each
+          // task zeroes its own partials, so they start in its core's cache.
+          at::Tensor partial =
+              at::empty({plan.num_blocks, kSums, N}, x.options().dtype(acc));
+          acc_t* partial_ptr = partial.mutable_data_ptr<acc_t>();
+          at::parallel_for(0, plan.num_blocks, 1, [&](int64_t b0, int64_t b1) {
+            std::vector<acc_t> scratch(scratch_size);
+            // Blocks of at most one group sum straight into their partial.
+            std::optional<PairwiseRowSums<acc_t>> sums;
+            if (plan.rows_per_block > kRowGroup)
+              sums.emplace(kSums * N, plan.rows_per_block);
+            for (int64_t blk = b0; blk < b1; ++blk) {
+              const int64_t begin = blk * plan.rows_per_block;
+              const int64_t end = std::min(M, begin + plan.rows_per_block);
+              acc_t* block_sums = partial_ptr + blk * kSums * N;
+              if (!sums) {
+                std::fill_n(block_sums, kSums * N, acc_t(0));
+                rows(begin, end, block_sums, scratch.data());
+                continue;
+              }
+              for (int64_t r = begin; r < end; r += kRowGroup) {
+                acc_t* group = sums->start_group();
+                rows(r, std::min(end, r + kRowGroup), group, scratch.data());
+                sums->end_group();
+              }
+              sums->finish(block_sums);
+            }
+          });
+
+          // Column sums of the partials, always in block order, written
+          // straight into dweight / dbias in their own dtype.
+          // Columns go in tiles of kTile so that the running sums stay in
+          // registers/L1 while the partials stream past in block order.
+          auto column_sums = [&](int64_t k, auto* out) {
+            constexpr int64_t kTile = 256;
+            // A task takes whole tiles and, like a row task, about 8K partial
+            // elements: with few blocks (small M) the sums then stay on one
+            // thread instead of paying to wake the others.
+            const int64_t grain =
+                std::max<int64_t>(4 * kTile, row_grain(plan.num_blocks));
+            at::parallel_for(0, N, grain, [&](int64_t c0, int64_t c1) {
+              acc_t tile[kTile];
+              for (int64_t t0 = c0; t0 < c1; t0 += kTile) {
+                const int64_t n = std::min(kTile, c1 - t0);
+                const acc_t* first = partial_ptr + k * N + t0;
+                for (int64_t j = 0; j < n; ++j) tile[j] = first[j];
+                for (int64_t blk = 1; blk < plan.num_blocks; ++blk) {
+                  const acc_t* part = partial_ptr + (blk * kSums + k) * N + t0;
+                  for (int64_t j = 0; j < n; ++j) tile[j] += part[j];
+                }
+                row_from_acc(tile, n, out + t0);
+              }
+            });
+          };
+          if (dw.defined())
+            with_param_ptr<scalar_t, acc_t>(
+                dw, [&](auto* out) { column_sums(0, out); });
+          if (db.defined())
+            with_param_ptr<scalar_t, acc_t>(
+                db, [&](auto* out) { column_sums(1, out); });
+        };
+
+        const auto with_dh = [&](const auto* dy_ptr) {
+          if (grad_h.defined())
+            run(dy_ptr, GradH<scalar_t>{grad_h.const_data_ptr<scalar_t>()});
+          else
+            run(dy_ptr, NoGradH{});
+        };
+        if (dy.scalar_type() == x.scalar_type())
+          return with_dh(dy.const_data_ptr<scalar_t>());
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          // half/bfloat16 dy under a float32 h (fused add).
+          if (dy.scalar_type() == at::kBFloat16)
+            return with_dh(dy.const_data_ptr<c10::BFloat16>());
+          if (dy.scalar_type() == at::kHalf)
+            return with_dh(dy.const_data_ptr<c10::Half>());
+        }
+        TORCH_INTERNAL_ASSERT(false, "fastln: unexpected grad_out dtype ",
+                              dy.scalar_type());
+      });
+}
+
+// Allocates the backward's outputs and runs the kernels: dx of x's shape and
+// dtype (the norm's input gradient, plus grad_h when defined), dw/db like
+// w/b when wanted. dy, x, grad_h, mean, rstd need not be contiguous.
+template <bool kRms>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_bwd(
+    const at::Tensor& grad_out, const at::Tensor& input,
+    const at::Tensor& grad_h, const at::Tensor& mean, const at::Tensor& rstd,
+    const at::Tensor& w_in, const at::Tensor& b_in, RowShape rows,
+    std::array<bool, 3> output_mask) {
+  const auto [M, N] = rows;
+  const bool want_dx = output_mask[0];
+  const bool want_dw = output_mask[1] && w_in.defined();
+  const bool want_db = !kRms && output_mask[2] && b_in.defined();
+  at::Tensor dw =
+      want_dw ? at::empty(w_in.sizes(), w_in.options()) : at::Tensor();
+  at::Tensor db =
+      want_db ? at::empty(b_in.sizes(), b_in.options()) : at::Tensor();
+  if (M == 0 || N == 0) {
+    // No rows: the column sums are empty sums. No columns: nothing to do.
+    if (want_dw) dw.zero_();
+    if (want_db) db.zero_();
+    return {want_dx ? at::empty(input.sizes(), input.options()) : at::Tensor(),
+            dw, db};
+  }
+  if (!want_dx && !want_dw && !want_db) return {at::Tensor(), dw, db};
+  // dx is computed even when not wanted (rare: an input that needs no
+  // gradient), and both column sums whenever one is: the row kernel then has
+  // no per-element branch.
+  at::Tensor dx = at::empty(input.sizes(), input.options());
+  run_backward<kRms>(grad_out.contiguous(), input.contiguous(),
+                     grad_h.defined() ? grad_h.contiguous() : grad_h,
+                     kRms ? mean : mean.contiguous(), rstd.contiguous(), w_in,
+                     M, N, dx, dw, db);
+  return {want_dx ? dx : at::Tensor(), dw, db};
+}
+
+// float32 grad_out of half/bfloat16 input (the float-output forward), or
+// half/bfloat16 weight under a float32 h: the float32 kernels on upcast
+// copies of `input` and of the parameters, dx and dweight/dbias rounded to
+// their own dtypes once at the end.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> round_grads(
+    std::tuple<at::Tensor, at::Tensor, at::Tensor> grads,
+    at::ScalarType dx_dtype, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias) {
+  auto& [dx, dw, db] = grads;
+  const auto cast = [](const at::Tensor& t, at::ScalarType dtype) {
+    return t.defined() ? t.to(dtype) : t;
+  };
+  return {cast(dx, dx_dtype),
+          weight.has_value() ? cast(dw, weight->scalar_type()) : dw,
+          bias.has_value() ? cast(db, bias->scalar_type()) : db};
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_fwd_cpu(
@@ -305,29 +542,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_fwd_cpu(
   auto [out, mean, rstd, done] =
       allocate_forward(input, normalized_shape, {M, N}, out_type);
   if (done) return {out, mean, rstd};
-  const at::Tensor x = input.contiguous();
-  const at::Tensor w = contiguous_or_undefined(weight);
-  const at::Tensor b = contiguous_or_undefined(bias);
-
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, x.scalar_type(), "fastln_layer_norm_fwd_cpu",
-      [&] {
-        using acc_t = at::opmath_type<scalar_t>;
-        const scalar_t* x_ptr = x.const_data_ptr<scalar_t>();
-        const ParamAsAcc<scalar_t, acc_t> w_acc(w), b_acc(b);
-        const acc_t* w_ptr = w_acc.get();
-        const acc_t* b_ptr = b_acc.get();
-        scalar_t* y_ptr = out.mutable_data_ptr<scalar_t>();
-        acc_t* mean_ptr = mean.mutable_data_ptr<acc_t>();
-        acc_t* rstd_ptr = rstd.mutable_data_ptr<acc_t>();
-        const acc_t eps_acc = static_cast<acc_t>(eps);
-        const bool stream = stream_output(out.nbytes());
-        at::parallel_for(0, M, row_grain(N), [&](int64_t begin, int64_t end) {
-          std::vector<acc_t> scratch(isa_base::kReadInPlace<scalar_t> ? 0 : N);
-          forward_rows(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, N,
-                       eps_acc, begin, end, scratch.data(), stream);
-        });
-      });
+  run_forward<false>(input.contiguous(), at::Tensor(), at::Tensor(),
+                     contiguous_or_undefined(weight),
+                     contiguous_or_undefined(bias), eps, M, N, out, mean, rstd);
   return {out, mean, rstd};
 }
 
@@ -336,150 +553,111 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_bwd_cpu(
     at::IntArrayRef normalized_shape, const at::Tensor& mean,
     const at::Tensor& rstd, const std::optional<at::Tensor>& weight,
     const std::optional<at::Tensor>& bias, std::array<bool, 3> output_mask) {
-  const auto [M, N] = check_backward_inputs(grad_out, input, normalized_shape,
-                                            mean, rstd, weight, bias);
-  if (grad_out.scalar_type() != input.scalar_type()) {
-    // float32 grad_out of half/bfloat16 input (the float-output forward):
-    // the float32 backward on an upcast copy, dx and dweight/dbias rounded
-    // to their own dtypes once at the end.
-    auto [dx, dw, db] = layer_norm_bwd_cpu(
-        grad_out, input.to(at::kFloat), normalized_shape, mean, rstd,
-        as_float(weight), as_float(bias), output_mask);
-    const auto cast = [](const at::Tensor& t,
-                         const std::optional<at::Tensor>& like) {
-      return t.defined() ? t.to(like->scalar_type()) : t;
-    };
-    return {dx.defined() ? dx.to(input.scalar_type()) : dx, cast(dw, weight),
-            cast(db, bias)};
+  const RowShape rows = check_backward_inputs(grad_out, input, normalized_shape,
+                                              mean, rstd, weight, bias);
+  if (grad_out.scalar_type() != input.scalar_type())
+    return round_grads(
+        norm_bwd<false>(grad_out, input.to(at::kFloat), at::Tensor(), mean,
+                        rstd, contiguous_or_undefined(as_float(weight)),
+                        contiguous_or_undefined(as_float(bias)), rows,
+                        output_mask),
+        input.scalar_type(), weight, bias);
+  return norm_bwd<false>(grad_out, input, at::Tensor(), mean, rstd,
+                         contiguous_or_undefined(weight),
+                         contiguous_or_undefined(bias), rows, output_mask);
+}
+
+std::tuple<at::Tensor, at::Tensor> rms_norm_fwd_cpu(
+    const at::Tensor& input, at::IntArrayRef normalized_shape,
+    const std::optional<at::Tensor>& weight, double eps) {
+  const RowShape rows = check_forward_inputs(input, normalized_shape, weight,
+                                             std::nullopt, "rms_norm");
+  auto [out, mean, rstd, done] =
+      allocate_forward(input, normalized_shape, rows, input.scalar_type());
+  if (!done)
+    run_forward<true>(input.contiguous(), at::Tensor(), at::Tensor(),
+                      contiguous_or_undefined(weight), at::Tensor(), eps,
+                      rows.M, rows.N, out, mean, rstd);
+  return {out, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor> rms_norm_bwd_cpu(
+    const at::Tensor& grad_out, const at::Tensor& input,
+    at::IntArrayRef normalized_shape, const at::Tensor& rstd,
+    const std::optional<at::Tensor>& weight, std::array<bool, 2> output_mask) {
+  const RowShape rows = check_rms_backward_inputs(
+      grad_out, input, normalized_shape, rstd, weight);
+  auto [dx, dw, db] =
+      norm_bwd<true>(grad_out, input, at::Tensor(), at::Tensor(), rstd,
+                     contiguous_or_undefined(weight), at::Tensor(), rows,
+                     {output_mask[0], output_mask[1], false});
+  return {dx, dw};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_norm_fwd_cpu(
+    const at::Tensor& input, const at::Tensor& residual,
+    at::IntArrayRef normalized_shape, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, double eps, bool rms,
+    at::ScalarType residual_dtype) {
+  const RowShape rows = check_add_norm_inputs(
+      input, residual, normalized_shape, weight, bias, rms, residual_dtype);
+  auto [out, mean, rstd, done] =
+      allocate_forward(input, normalized_shape, rows, input.scalar_type());
+  at::Tensor h =
+      at::empty(input.sizes(), input.options().dtype(residual_dtype));
+  if (rms) mean = at::empty({0}, rstd.options());
+  if (!done) {
+    const at::Tensor x = input.contiguous();
+    const at::Tensor res = residual.contiguous();
+    const at::Tensor w = contiguous_or_undefined(weight);
+    const at::Tensor b = contiguous_or_undefined(bias);
+    if (rms)
+      run_forward<true>(x, res, h, w, b, eps, rows.M, rows.N, out, mean, rstd);
+    else
+      run_forward<false>(x, res, h, w, b, eps, rows.M, rows.N, out, mean, rstd);
   }
-  const at::Tensor w_in = contiguous_or_undefined(weight);
-  const at::Tensor b_in = contiguous_or_undefined(bias);
-  const bool want_dx = output_mask[0];
-  const bool want_dw = output_mask[1] && w_in.defined();
-  const bool want_db = output_mask[2] && b_in.defined();
-  at::Tensor dw =
-      want_dw ? at::empty(w_in.sizes(), w_in.options()) : at::Tensor();
-  at::Tensor db =
-      want_db ? at::empty(b_in.sizes(), b_in.options()) : at::Tensor();
-  if (M == 0 || N == 0) {
-    // No rows: the column sums are empty sums. No columns: nothing to do.
-    if (want_dw) dw.zero_();
-    if (want_db) db.zero_();
-    return {want_dx ? at::empty(input.sizes(), input.options()) : at::Tensor(),
-            dw, db};
-  }
-  if (!want_dx && !want_dw && !want_db) return {at::Tensor(), dw, db};
+  return {out, h, mean, rstd};
+}
 
-  // dx is computed even when not wanted (rare: an input that needs no
-  // gradient), and both column sums whenever one is: the row kernel then has
-  // no per-element branch.
-  at::Tensor dx = at::empty(input.sizes(), input.options());
-  const bool param_grads = want_dw || want_db;
-  const at::ScalarType acc = stats_dtype(input.scalar_type());
-  const at::Tensor x = input.contiguous();
-  const at::Tensor dy = grad_out.contiguous();
-  const at::Tensor mean_c = mean.contiguous();
-  const at::Tensor rstd_c = rstd.contiguous();
-
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, x.scalar_type(), "fastln_layer_norm_bwd_cpu",
-      [&] {
-        using acc_t = at::opmath_type<scalar_t>;
-        const scalar_t* x_ptr = x.const_data_ptr<scalar_t>();
-        const scalar_t* dy_ptr = dy.const_data_ptr<scalar_t>();
-        const acc_t* mean_ptr = mean_c.const_data_ptr<acc_t>();
-        const acc_t* rstd_ptr = rstd_c.const_data_ptr<acc_t>();
-        const ParamAsAcc<scalar_t, acc_t> w_acc(w_in);
-        const acc_t* w_ptr = w_acc.get();
-        scalar_t* dx_ptr = dx.mutable_data_ptr<scalar_t>();
-        const int64_t scratch_size =
-            isa_base::kReadInPlace<scalar_t> ? 0 : 2 * isa_base::kTileRows * N;
-        const bool stream = stream_output(dx.nbytes());
-
-        if (!param_grads) {
-          at::parallel_for(0, M, row_grain(N), [&](int64_t begin, int64_t end) {
-            std::vector<acc_t> scratch(scratch_size);
-            backward_rows(dy_ptr, x_ptr, mean_ptr, rstd_ptr, w_ptr, dx_ptr,
-                          static_cast<acc_t*>(nullptr),
-                          static_cast<acc_t*>(nullptr), N, begin, end,
-                          scratch.data(), stream);
-          });
-          return;
-        }
-
-        const BlockPlan plan = plan_blocks(M, N);
-        // partial[block][0] sums dy * xhat, partial[block][1] sums dy. Each
-        // task zeroes its own partials, so they start in its core's cache.
-        at::Tensor partial =
-            at::empty({plan.num_blocks, 2, N}, x.options().dtype(acc));
-        acc_t* partial_ptr = partial.mutable_data_ptr<acc_t>();
-        at::parallel_for(0, plan.num_blocks, 1, [&](int64_t b0, int64_t b1) {
-          std::vector<acc_t> scratch(scratch_size);
-          // Blocks of at most one group sum straight into their partial.
-          std::optional<PairwiseRowSums<acc_t>> sums;
-          if (plan.rows_per_block > kRowGroup)
-            sums.emplace(2 * N, plan.rows_per_block);
-          for (int64_t blk = b0; blk < b1; ++blk) {
-            const int64_t begin = blk * plan.rows_per_block;
-            const int64_t end = std::min(M, begin + plan.rows_per_block);
-            acc_t* block_sums = partial_ptr + blk * 2 * N;
-            if (!sums) {
-              std::fill_n(block_sums, 2 * N, acc_t(0));
-              backward_rows(dy_ptr, x_ptr, mean_ptr, rstd_ptr, w_ptr, dx_ptr,
-                            block_sums, block_sums + N, N, begin, end,
-                            scratch.data(), stream);
-              continue;
-            }
-            for (int64_t r = begin; r < end; r += kRowGroup) {
-              acc_t* group = sums->start_group();
-              backward_rows(dy_ptr, x_ptr, mean_ptr, rstd_ptr, w_ptr, dx_ptr,
-                            group, group + N, N, r,
-                            std::min(end, r + kRowGroup), scratch.data(),
-                            stream);
-              sums->end_group();
-            }
-            sums->finish(block_sums);
-          }
-        });
-
-        // Column sums of the partials, always in block order, written
-        // straight into dweight / dbias in their own dtype.
-        // Columns go in tiles of kTile so that the running sums stay in
-        // registers/L1 while the partials stream past in block order.
-        auto column_sums = [&](int64_t k, auto* out) {
-          constexpr int64_t kTile = 256;
-          // A task takes whole tiles and, like a row task, about 8K partial
-          // elements: with few blocks (small M) the sums then stay on one
-          // thread instead of paying to wake the others.
-          const int64_t grain =
-              std::max<int64_t>(4 * kTile, row_grain(plan.num_blocks));
-          at::parallel_for(0, N, grain, [&](int64_t c0, int64_t c1) {
-            acc_t tile[kTile];
-            for (int64_t t0 = c0; t0 < c1; t0 += kTile) {
-              const int64_t n = std::min(kTile, c1 - t0);
-              const acc_t* first = partial_ptr + k * N + t0;
-              for (int64_t j = 0; j < n; ++j) tile[j] = first[j];
-              for (int64_t blk = 1; blk < plan.num_blocks; ++blk) {
-                const acc_t* part = partial_ptr + (blk * 2 + k) * N + t0;
-                for (int64_t j = 0; j < n; ++j) tile[j] += part[j];
-              }
-              row_from_acc(tile, n, out + t0);
-            }
-          });
-        };
-        if (want_dw)
-          with_param_ptr<scalar_t, acc_t>(
-              dw, [&](auto* out) { column_sums(0, out); });
-        if (want_db)
-          with_param_ptr<scalar_t, acc_t>(
-              db, [&](auto* out) { column_sums(1, out); });
-      });
-  return {want_dx ? dx : at::Tensor(), dw, db};
+std::tuple<at::Tensor, at::Tensor, at::Tensor> add_norm_bwd_cpu(
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_h,
+    const at::Tensor& h, at::IntArrayRef normalized_shape,
+    const at::Tensor& mean, const at::Tensor& rstd,
+    const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, bool rms,
+    std::array<bool, 3> output_mask) {
+  const RowShape rows = check_add_norm_backward_inputs(
+      grad_out, grad_h, h, normalized_shape, mean, rstd, weight, bias, rms);
+  const at::Tensor dh =
+      grad_h.has_value() && grad_h->defined() ? *grad_h : at::Tensor();
+  const auto run = [&](const std::optional<at::Tensor>& w,
+                       const std::optional<at::Tensor>& b) {
+    const at::Tensor wc = contiguous_or_undefined(w);
+    const at::Tensor bc = contiguous_or_undefined(b);
+    return rms ? norm_bwd<true>(grad_out, h, dh, mean, rstd, wc, bc, rows,
+                                output_mask)
+               : norm_bwd<false>(grad_out, h, dh, mean, rstd, wc, bc, rows,
+                                 output_mask);
+  };
+  const bool low_params = weight.has_value() && weight->defined() &&
+                          weight->scalar_type() != h.scalar_type();
+  const bool low_bias = bias.has_value() && bias->defined() &&
+                        bias->scalar_type() != h.scalar_type();
+  if (low_params || low_bias)
+    // half/bfloat16 weight/bias under a float32 h: the kernels take them in
+    // h's dtype (N elements converted), dweight/dbias rounded back.
+    return round_grads(run(as_float(weight), as_float(bias)), h.scalar_type(),
+                       weight, bias);
+  return run(weight, bias);
 }
 
 TORCH_LIBRARY_IMPL(fastln, CPU, m) {
   m.impl("layer_norm_fwd", &layer_norm_fwd_cpu);
   m.impl("layer_norm_bwd", &layer_norm_bwd_cpu);
+  m.impl("rms_norm_fwd", &rms_norm_fwd_cpu);
+  m.impl("rms_norm_bwd", &rms_norm_bwd_cpu);
+  m.impl("add_norm_fwd", &add_norm_fwd_cpu);
+  m.impl("add_norm_bwd", &add_norm_bwd_cpu);
 }
 
 }  // namespace cpu
