@@ -1,10 +1,11 @@
-"""python -m bench: fastln LayerNorm vs torch (eager, compile) and other LayerNorms.
+"""python -m bench: fastln's norms vs torch (eager, compile) and other libraries.
 
 Examples:
   python -m bench --quick                      # < 1 minute on CPU
   python -m bench --device cpu                 # default CPU sweep, a few minutes
   python -m bench --device cuda                # default GPU sweep
   python -m bench --shapes 4096x1024,1x768 --dtypes bf16 --mode fwd
+  python -m bench --norm rms_norm,add_layer_norm --dtypes bf16,bf16_fp32res
 """
 
 from __future__ import annotations
@@ -24,19 +25,22 @@ import fastln
 from fastln._build_check import summary as build_summary
 
 from . import report
-from .bytemodel import bytes_moved, gb_per_s
+from .bytemodel import bytes_moved, gb_per_s, unfused_bytes
 from .check import CheckResult, check
 from .impls import Impl, Inputs, copy_workload, discover, make_inputs, workload
 from .report import Row
 from .sweeps import (
-    DEFAULT_DTYPES,
     DTYPES,
     MODES,
-    QUICK_DTYPES,
+    NORMS,
     DtypeConfig,
+    Norm,
+    default_dtypes,
     default_shapes,
+    norm_dtypes,
     parse_dtypes,
     parse_modes,
+    parse_norms,
     parse_shapes,
 )
 from .timing import CpuTimer, CudaTimer, ForeignLoad, Stats, Workload
@@ -62,12 +66,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="cuda" if cuda_ok else "cpu",
         help="default: cuda if available",
     )
+    p.add_argument(
+        "--norm",
+        default="layer_norm",
+        help=f"comma list of {', '.join(NORMS)} (default layer_norm); each norm\n"
+        "is a run of its own, with files <name>_<norm> (LayerNorm's: <name>)",
+    )
     p.add_argument("--mode", default=",".join(MODES), help="fwd,bwd,fwdbwd (default: all)")
     p.add_argument(
         "--dtypes",
         default=None,
         help=f"comma list of {', '.join(DTYPES)} (aliases fp32, fp16, bf16); "
-        "default: all on cuda, float32,bfloat16,float16 on cpu",
+        "default: all but bf16_fp32res on cuda, float32,bfloat16,float16 on cpu;\n"
+        "the add norms add bf16_fp32res (bfloat16 x, float32 residual stream)",
     )
     p.add_argument("--shapes", default=None, help="MxN list, e.g. 4096x1024,1x768")
     p.add_argument("--quick", action="store_true", help="a small sweep (< 1 minute on CPU)")
@@ -76,7 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=("api", "op"),
         default="api",
         help="api: fastln.layer_norm + autograd vs F.layer_norm, compile, ...;\n"
-        "op: raw fastln ops vs aten native_layer_norm(_backward)",
+        "op: raw fastln ops vs aten native_layer_norm(_backward) (and the like\n"
+        "for the other norms)",
     )
     p.add_argument(
         "--compile",
@@ -143,6 +155,7 @@ class Runner:
     retries: int
     max_foreign_load: float
     progress: report.Progress
+    norm: Norm = NORMS["layer_norm"]
     notes: list[str] = field(default_factory=list)
     disabled: set[tuple[str, str]] = field(default_factory=set)  # (impl, dtype) that failed
     noisy: int = 0
@@ -204,12 +217,16 @@ class Runner:
 
     def row(self, mode: str, config: DtypeConfig, inp: Inputs, result: CheckResult) -> list[Row]:
         m, n = inp.x.shape
-        nbytes = bytes_moved(mode, m, n, config)
+        nbytes = bytes_moved(mode, m, n, config, self.norm)
         base: Row = {
             "mode": mode, "dtype": config.name, "M": m, "N": n, "bytes": nbytes,
             "fwd_err": result.fwd_err, "bwd_err": result.bwd_err,
             "eager_fwd_err": result.eager_fwd_err, "eager_bwd_err": result.eager_bwd_err,
         }  # fmt: skip
+        if self.norm.name != "layer_norm":  # LayerNorm's rows keep their format
+            base["norm"] = self.norm.name
+        if self.norm.add:
+            base["unfused_bytes"] = unfused_bytes(mode, m, n, config, self.norm)
         where = f"{mode} {config.name} {m}x{n}"
         if not result.ok(mode):
             why = "; ".join(result.messages) or "check failed"
@@ -283,20 +300,23 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.threads:
         torch.set_num_threads(args.threads)
+    norms = parse_norms(args.norm)
+    if not norms:
+        sys.exit("--norm: no norm given")
     modes = parse_modes(args.mode)
-    dtype_names = (QUICK_DTYPES if args.quick else DEFAULT_DTYPES)[device]
-    configs = parse_dtypes(args.dtypes) if args.dtypes else [DTYPES[d] for d in dtype_names]
     shapes = parse_shapes(args.shapes) if args.shapes else default_shapes(device, args.quick)
     compile_mode = args.compile if args.compile != "auto" else ("m" if device == "cuda" else "all")
     stem = args.name or ("custom" if args.shapes else "quick" if args.quick else "sweep")
     out_dir = args.out
     previous: dict[str, Any] | None = None
     wanted: set[tuple[str, str, int, int]] | None = None  # None: every combination
+    configs: list[DtypeConfig] | None = parse_dtypes(args.dtypes) if args.dtypes else None
     if args.redo_noisy:
         previous = json.loads(args.redo_noisy.read_text())
         if previous["meta"]["device"] != device:
             sys.exit(f"--redo-noisy: that run is on {previous['meta']['device']}, use --device")
         args.level, compile_mode = previous["meta"]["level"], previous["meta"]["compile_dynamic"]
+        norms = [NORMS[previous["meta"].get("norm", "layer_norm")]]
         wanted = noisy_keys(previous["rows"], args.max_foreign_load)
         if not wanted:
             print(f"{args.redo_noisy}: no row was timed under foreign load; nothing to redo")
@@ -306,7 +326,51 @@ def main(argv: list[str] | None = None) -> int:
         shapes = list(dict.fromkeys((k[2], k[3]) for k in sorted(wanted, key=lambda k: k[3])))
         out_dir, stem = args.redo_noisy.parent, args.redo_noisy.stem
 
-    impls, notes = discover(device, args.level, compile_mode)
+    header = report.metadata(device, args.level, compile_mode)
+    print(
+        f"fastln bench: {header['device_name']} | torch {header['torch']} "
+        f"(CUDA {header['cuda']}) | fastln cpu_isa={header['cpu_isa']} | "
+        f"{header['threads']} threads | commit {header['commit']}"
+    )
+    print(build_summary())
+    status = 0
+    for norm in norms:
+        norm_configs, dtype_notes = norm_dtypes(
+            configs if configs is not None else default_dtypes(device, args.quick, norm), norm
+        )
+        status = max(status, run_norm(
+            args, norm, modes, norm_configs, shapes, compile_mode, dtype_notes,
+            out_dir, stem if previous is not None else stem + norm.suffix, previous, wanted,
+        ))  # fmt: skip
+    return status
+
+
+def run_norm(
+    args: argparse.Namespace,
+    norm: Norm,
+    modes: list[str],
+    configs: list[DtypeConfig],
+    shapes: list[tuple[int, int]],
+    compile_mode: str,
+    dtype_notes: list[str],
+    out_dir: Path | None,
+    stem: str,
+    previous: dict[str, Any] | None,
+    wanted: set[tuple[str, str, int, int]] | None,
+) -> int:
+    """One norm: check, time, print and write its results; 1 if a check failed."""
+    device = args.device
+    if not configs:
+        print(f"\n{norm.name}: no dtype configuration applies; skipped")
+        for note in dtype_notes:
+            print(f"note: {note}")
+        return 0
+    try:
+        impls, notes = discover(device, args.level, compile_mode, norm)
+    except RuntimeError as exc:
+        print(f"\n!!! {norm.name}: {exc}")
+        return 1
+    notes = dtype_notes + notes
     if device == "cuda":
         timer: CpuTimer | CudaTimer = CudaTimer(use_graphs=not args.no_graphs)
     else:
@@ -322,14 +386,13 @@ def main(argv: list[str] | None = None) -> int:
             "--compile static for one kernel per shape"
         )
     meta = report.metadata(device, args.level, compile_mode)
+    if norm.name != "layer_norm":  # LayerNorm's files keep their format
+        meta["norm"] = norm.name
     out_dir = out_dir or RESULTS / report.device_slug(meta)
     print(
-        f"fastln bench: {meta['device_name']} | torch {meta['torch']} (CUDA {meta['cuda']}) | "
-        f"fastln cpu_isa={meta['cpu_isa']} | {meta['threads']} threads | commit {meta['commit']}"
-    )
-    print(build_summary())
-    print(
-        f"level={args.level} modes={','.join(modes)} dtypes={','.join(c.name for c in configs)} "
+        ("" if norm.name == "layer_norm" else f"\n##### {norm.name}\nnorm={norm.name} ")
+        + f"level={args.level} modes={','.join(modes)} "
+        f"dtypes={','.join(c.name for c in configs)} "
         f"shapes={len(shapes)} implementations={', '.join(i.name for i in impls)}"
     )
     for note in notes:
@@ -349,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         impls, args.level, device, timer,
         time_per_impl=args.time_per_impl or (0.04 if args.quick else 0.1),
         retries=args.retries if args.retries is not None else (2 if device == "cpu" else 0),
-        max_foreign_load=args.max_foreign_load, progress=progress,
+        max_foreign_load=args.max_foreign_load, progress=progress, norm=norm,
     )  # fmt: skip
     rows: list[Row] = []
     started = time.perf_counter()
@@ -362,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
                 todo = [md for md in modes if wanted is None or (md, config.name, m, n) in wanted]
                 if not todo:
                     continue
-                inp = make_inputs(m, n, config, device)
+                inp = make_inputs(m, n, config, device, norm)
                 result = check(inp, todo)
                 for mode in todo:
                     progress.update(f"{mode} {config.name} {m}x{n}")

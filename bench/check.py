@@ -1,11 +1,15 @@
 """Correctness gate: every shape is checked before it is timed.
 
-fastln.layer_norm and torch eager (forward, and backward through autograd) run
-on the same inputs, and both are compared with torch evaluated in float64 on
-those inputs. fastln passes when its error is within the dtype's tolerance or
-no worse than torch eager's own: torch's CPU bfloat16 backward, for one,
-accumulates dweight/dbias in a way that misses the exact answer by several
-percent, and fastln must not be failed for being more accurate than that.
+fastln's function of the norm (fastln.layer_norm, rms_norm, add_layer_norm,
+add_rms_norm) and torch eager (F.layer_norm / F.rms_norm, for the add norms the
+unfused h = x + residual, y = norm(h)), forward and backward through autograd,
+run on the same inputs, and both are compared with torch evaluated in float64
+on those inputs: y (and h) forward; the gradients of x (, residual), weight
+(, bias) backward, for the add norms from gradients of both y and h. fastln
+passes when its error is within the dtype's tolerance or no worse than torch
+eager's own: torch's CPU bfloat16 backward, for one, accumulates
+dweight/dbias in a way that misses the exact answer by several percent, and
+fastln must not be failed for being more accurate than that.
 
 The error measure is max |result - exact| divided by max |exact| of that
 tensor: dweight/dbias are sums over M rows and grow with M, so absolute
@@ -18,11 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import torch
-import torch.nn.functional as F
 
-import fastln
-
-from .impls import Inputs, _leaves
+from .impls import TORCH_FNS, Inputs, _fastln_impl, _leaves
 
 # (forward, backward) tolerance on the max-normalized error, by input dtype.
 TOLERANCE: dict[torch.dtype, tuple[float, float]] = {
@@ -61,13 +62,16 @@ def normalized_error(actual: torch.Tensor | None, exact: torch.Tensor | None) ->
 
 
 def run(fn: object, inp: Inputs, backward: bool) -> tuple[torch.Tensor, ...]:
-    """(y,) or (y, dx, dweight, dbias) of fn on fresh leaves of inp."""
+    """(y[, h]) or (y[, h], dx[, dresidual], dweight[, dbias]) of fn on fresh leaves of inp."""
     if not backward:
         with torch.no_grad():
-            return (fn(inp.x, inp.shape, inp.weight, inp.bias, inp.eps),)  # type: ignore[operator]
-    x, w, b = _leaves(inp)
-    y = fn(x, inp.shape, w, b, inp.eps)  # type: ignore[operator]
-    return (y, *torch.autograd.grad(y, (x, w, b), inp.grad_out))
+            out = fn(*inp.api_args(inp.tensors()))  # type: ignore[operator]
+        return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+    leaves = _leaves(inp)
+    out = fn(*inp.api_args(leaves))  # type: ignore[operator]
+    outs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+    dys = inp.grad_outputs
+    return (*outs, *torch.autograd.grad(outs, leaves, dys if isinstance(dys, tuple) else (dys,)))
 
 
 def _gate(name: str, err: float, eager_err: float, tol: float, messages: list[str]) -> bool:
@@ -77,34 +81,53 @@ def _gate(name: str, err: float, eager_err: float, tol: float, messages: list[st
     return False
 
 
+def _double(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.double()
+
+
 def check(inp: Inputs, modes: list[str]) -> CheckResult:
     result = CheckResult()
+    norm = inp.norm
     backward = any(m != "fwd" for m in modes)
     fwd_tol, bwd_tol = TOLERANCE[inp.x.dtype]
     exact_inp = replace(
         inp,
         x=inp.x.double(),
         weight=inp.weight.double(),
-        bias=inp.bias.double(),
+        bias=_double(inp.bias),
         grad_out=inp.grad_out.double(),
+        residual=_double(inp.residual),
+        grad_h=_double(inp.grad_h),
     )
-    exact = run(F.layer_norm, exact_inp, backward)
-    eager = run(F.layer_norm, inp, backward)
+    torch_fn = TORCH_FNS[norm.name]
+    exact = run(torch_fn, exact_inp, backward)
+    eager = run(torch_fn, inp, backward)
     try:
-        got = run(fastln.layer_norm, inp, backward)
+        got = run(_fastln_impl(norm).fn, inp, backward)
     except Exception as exc:
         result.messages.append(f"fastln raised {type(exc).__name__}: {exc}")
         return result
-    if got[0].dtype != inp.x.dtype:
-        result.messages.append(f"output dtype {got[0].dtype}, expected {inp.x.dtype}")
-        return result
-    result.fwd_err = normalized_error(got[0], exact[0])
-    result.eager_fwd_err = normalized_error(eager[0], exact[0])
-    result.fwd_ok = _gate("output", result.fwd_err, result.eager_fwd_err, fwd_tol, result.messages)
+    outputs = ("output", "h") if norm.add else ("output",)
+    expected = (inp.x.dtype, inp.residual.dtype) if inp.residual is not None else (inp.x.dtype,)
+    for name, t, dtype in zip(outputs, got, expected):
+        if t.dtype != dtype:
+            result.messages.append(f"{name} dtype {t.dtype}, expected {dtype}")
+            return result
+    k = len(outputs)
+    result.fwd_ok = True
+    errors, eager_errors = [], []
+    for name, g, e, x in zip(outputs, got[:k], eager[:k], exact[:k]):
+        errors.append(normalized_error(g, x))
+        eager_errors.append(normalized_error(e, x))
+        ok = _gate(name, errors[-1], eager_errors[-1], fwd_tol, result.messages)
+        result.fwd_ok = result.fwd_ok and ok
+    result.fwd_err, result.eager_fwd_err = max(errors), max(eager_errors)
     if backward:
         result.bwd_ok = True
+        names = ["dx", *(["dresidual"] if norm.add else []), "dweight"]
+        names += [] if norm.rms else ["dbias"]
         errors, eager_errors = [], []
-        for name, g, e, x in zip(("dx", "dweight", "dbias"), got[1:], eager[1:], exact[1:]):
+        for name, g, e, x in zip(names, got[k:], eager[k:], exact[k:]):
             errors.append(normalized_error(g, x))
             eager_errors.append(normalized_error(e, x))
             ok = _gate(name, errors[-1], eager_errors[-1], bwd_tol, result.messages)

@@ -35,7 +35,14 @@ ROW_FIELDS = (
     "method samples calls_per_sample bytes fwd_err bwd_err eager_fwd_err eager_bwd_err "
     "foreign_load note"
 ).split()
+# Columns the rows of the other norms add after ROW_FIELDS (LayerNorm's files
+# keep their format): the norm, and for the add norms the bytes of the unfused
+# composition (bench/bytemodel.py).
+EXTRA_ROW_FIELDS = ["norm", "unfused_bytes"]
 META_FIELDS = ["device_name", "torch", "cuda", "cpu_isa", "threads", "commit", "level"]
+# Shapes moving at least this many bytes are bandwidth-bound: there the fused
+# add norms' speedup over the unfused composition is compared with the byte ratio.
+LARGE_BYTES = 32 * 10**6
 
 
 def cpu_model() -> str:
@@ -178,14 +185,26 @@ def groups(rows: list[Row]) -> dict[tuple[str, str], list[Row]]:
     return out
 
 
+def dtype_width(rows: list[Row]) -> int:
+    """Width of the dtype column: 10, or the longest dtype name (bf16_fp32res)."""
+    return max([10, *(len(r["dtype"]) for r in rows)])
+
+
+def norm_prefix(rows: list[Row]) -> str:
+    """'rms_norm ' for the rows of a norm other than LayerNorm, else ''."""
+    norm = rows[0].get("norm") if rows else None
+    return f"{norm} " if norm else ""
+
+
 def print_table(rows: list[Row]) -> None:
     names = baselines(rows)
+    prefix = norm_prefix(rows)
     for (mode, dtype), group in groups(rows).items():
         by_shape: dict[tuple[int, int], dict[str, Row]] = defaultdict(dict)
         for r in group:
             by_shape[(r["M"], r["N"])][r["impl"]] = r
         print(
-            f"\n== {mode} {dtype} ==  (speedup = baseline time / fastln time; "
+            f"\n== {prefix}{mode} {dtype} ==  (speedup = baseline time / fastln time; "
             "'!' marks fastln slower)"
         )
         header = f"{'M':>6} {'N':>6} | {'fastln us':>10} {'GB/s':>7} {'%copy':>6}"
@@ -216,8 +235,11 @@ def geomean(values: Iterable[float]) -> float:
 
 
 def print_summary(rows: list[Row], slower_threshold: float = 1.0) -> None:
-    names = baselines(rows)
-    print("\nSummary: geometric-mean speedup of fastln (min over shapes, shapes where slower)")
+    names, width = baselines(rows), dtype_width(rows)
+    print(
+        f"\nSummary{' (' + norm_prefix(rows).strip() + ')' if norm_prefix(rows) else ''}: "
+        "geometric-mean speedup of fastln (min over shapes, shapes where slower)"
+    )
     for (mode, dtype), group in groups(rows).items():
         parts = []
         for name in names:
@@ -231,7 +253,9 @@ def print_summary(rows: list[Row], slower_threshold: float = 1.0) -> None:
             )
         fails = sum(1 for r in group if r["impl"] == "fastln" and r["status"] != "ok")
         print(
-            f"  {mode:>6} {dtype:<10}: " + "; ".join(parts) + (f"; FAIL {fails}" if fails else "")
+            f"  {mode:>6} {dtype:<{width}}: "
+            + "; ".join(parts)
+            + (f"; FAIL {fails}" if fails else "")
         )
     slow = [
         r
@@ -242,10 +266,11 @@ def print_summary(rows: list[Row], slower_threshold: float = 1.0) -> None:
         print("\nfastln SLOWER than torch eager:")
         for r in sorted(slow, key=lambda r: r["fastln_speedup"]):
             print(
-                f"  {r['mode']:>6} {r['dtype']:<10} {r['M']:>6}x{r['N']:<6} "
+                f"  {r['mode']:>6} {r['dtype']:<{width}} {r['M']:>6}x{r['N']:<6} "
                 f"{r['fastln_speedup']:.2f}x  (fastln {r['us'] / r['fastln_speedup']:.2f} us, "
                 f"eager {r['us']:.2f} us)"
             )
+    print_fusion(rows)
     fails = [r for r in rows if r["impl"] == "fastln" and r["status"] != "ok"]
     if fails:
         print(f"\n!!! {len(fails)} FAILED correctness checks (not timed):")
@@ -253,9 +278,48 @@ def print_summary(rows: list[Row], slower_threshold: float = 1.0) -> None:
             print(f"  {r['mode']} {r['dtype']} {r['M']}x{r['N']}: {r['note']}")
 
 
+def print_fusion(rows: list[Row]) -> None:
+    """Add norms: the bytes the unfused composition moves over the fused op's
+    (bench/bytemodel.py), next to fastln's speedup over the unfused torch
+    baselines on the bandwidth-bound shapes (>= LARGE_BYTES moved), where the
+    speedup of fusing should approach the byte ratio."""
+    if not any(r.get("unfused_bytes") for r in rows):
+        return
+    names = [n for n in baselines(rows) if n in ("eager", "compile")]
+    width = dtype_width(rows)
+    print(
+        f"\nFused vs unfused: unfused/fused bytes (bench/bytemodel.py) and fastln's speedup "
+        f"over the unfused torch composition, shapes moving >= {LARGE_BYTES / 1e6:.0f} MB"
+    )
+    for (mode, dtype), group in groups(rows).items():
+        large = [r for r in group if r["bytes"] >= LARGE_BYTES and r.get("unfused_bytes")]
+        ratios = [r["unfused_bytes"] / r["bytes"] for r in group if r["impl"] == "fastln"
+                  and r.get("unfused_bytes")]  # fmt: skip
+        span = sorted({f"{v:.2f}" for v in (min(ratios), max(ratios))}) if ratios else ["-"]
+        line = f"  {mode:>6} {dtype:<{width}}: bytes ratio {'-'.join(span)}"
+        if not large:
+            print(line + f"; no shape moves >= {LARGE_BYTES / 1e6:.0f} MB")
+            continue
+        parts = []
+        for name in names:
+            stats = speedup_stats(large, name)
+            if stats is None:
+                continue
+            gm, worst, _, total = stats
+            ratio = geomean(r["unfused_bytes"] / r["bytes"] for r in large if r["impl"] == name
+                            and r["status"] == "ok")  # fmt: skip
+            parts.append(
+                f"vs {name} {gm:.2f}x (min {worst['fastln_speedup']:.2f}x) over {total} "
+                f"shapes, byte ratio there {ratio:.2f}"
+            )
+        print(line + ("; " + "; ".join(parts) if parts else "; no unfused baseline timed"))
+
+
 def write_csv(path: Path, rows: list[Row], meta: dict[str, Any]) -> None:
+    extra = [k for k in EXTRA_ROW_FIELDS if any(k in r for r in rows)]
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=ROW_FIELDS + META_FIELDS, extrasaction="ignore")
+        fieldnames = ROW_FIELDS + extra + META_FIELDS
+        writer = csv.DictWriter(f, fieldnames=fieldnames, extrasaction="ignore")
         writer.writeheader()
         for r in rows:
             writer.writerow({**r, **{k: meta[k] for k in META_FIELDS}})
@@ -358,8 +422,9 @@ def plot(out_dir: Path, stem: str, rows: list[Row], meta: dict[str, Any]) -> lis
         ax_sp.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
         ax_sp.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
         ax_sp.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        norm = f"{meta['norm']} " if meta.get("norm") else ""
         fig.suptitle(
-            f"fastln {meta['device_name']} ({meta['threads']} threads) "
+            f"fastln {norm}{meta['device_name']} ({meta['threads']} threads) "
             f"torch {meta['torch']} commit {meta['commit'][:12]}",
             fontsize=9,
         )
@@ -388,7 +453,9 @@ def print_markdown(rows: list[Row], meta: dict[str, Any]) -> None:
     print(
         f"{meta['device_name']}, {meta['threads']} threads, torch {meta['torch']}, "
         f"CUDA {meta['cuda']}, fastln commit `{str(meta['commit'])[:7]}`, "
-        f"level `{meta['level']}`, {len({(r['M'], r['N']) for r in rows})} shapes\n"
+        f"level `{meta['level']}`, {len({(r['M'], r['N']) for r in rows})} shapes"
+        + (f", norm `{meta['norm']}`" if meta.get("norm") else "")
+        + "\n"
     )
     header = "| mode | dtype |"
     for name in names:
@@ -414,6 +481,7 @@ def print_pivot(rows: list[Row], baseline: str = "eager") -> None:
     """fastln's speedup over one baseline, one line per (mode, dtype, N), each
     entry 'M:speedup' ('!' where fastln is slower, FAIL where it failed)."""
     print(f"\nfastln speedup over {baseline} per (mode, dtype, N), entries M:speedup")
+    width = dtype_width(rows)
     for (mode, dtype), group in groups(rows).items():
         by_n: dict[int, list[str]] = defaultdict(list)
         for r in sorted(group, key=lambda r: (r["N"], r["M"])):
@@ -423,7 +491,7 @@ def print_pivot(rows: list[Row], baseline: str = "eager") -> None:
                 sp = r["fastln_speedup"]
                 by_n[r["N"]].append(f"{r['M']}:{sp:.2f}{'!' if sp < 1 else ''}")
         for n, entries in by_n.items():
-            print(f"  {mode:>6} {dtype:<10} N={n:<6} " + "  ".join(entries))
+            print(f"  {mode:>6} {dtype:<{width}} N={n:<6} " + "  ".join(entries))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -444,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
         print_markdown(rows, meta)
         return 0
     print(f"{meta['device_name']} | torch {meta['torch']} | commit {meta['commit']} | "
-          f"level {meta['level']} | {meta['threads']} threads")  # fmt: skip
+          f"level {meta['level']} | {meta['threads']} threads"
+          + (f" | norm {meta['norm']}" if meta.get("norm") else ""))  # fmt: skip
     for note in run.get("notes", []):
         print(f"note: {note}")
     print_table(rows)

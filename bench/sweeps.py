@@ -1,4 +1,4 @@
-"""What gets measured: modes, dtype configurations and the shape sweeps.
+"""What gets measured: the norms, modes, dtype configurations and the shape sweeps.
 
 A shape is (M, N): M rows (batch x sequence) normalized over N (hidden size).
 The full M x N cross product is far too big to time, so each sweep picks a few
@@ -17,12 +17,50 @@ MODES = ("fwd", "bwd", "fwdbwd")
 
 
 @dataclass(frozen=True)
+class Norm:
+    """One normalization the harness benchmarks; everything else (implementations,
+    inputs, byte model, check, outputs) is derived from these flags.
+
+    rms: RMSNorm (no mean, no bias); add: the fused residual add, which takes
+    (x, residual) and returns (y, h) with h = x + residual and y = norm(h).
+    """
+
+    name: str  # CLI name, and the fastln function of that name
+    rms: bool
+    add: bool
+
+    @property
+    def suffix(self) -> str:
+        """Appended to the file stem of the results: none for LayerNorm, whose
+        files keep the names they always had."""
+        return "" if self.name == "layer_norm" else f"_{self.name}"
+
+
+NORMS: dict[str, Norm] = {
+    n.name: n
+    for n in (
+        Norm("layer_norm", rms=False, add=False),
+        Norm("rms_norm", rms=True, add=False),
+        Norm("add_layer_norm", rms=False, add=True),
+        Norm("add_rms_norm", rms=True, add=True),
+    )
+}
+LAYER_NORM = NORMS["layer_norm"]
+
+
+@dataclass(frozen=True)
 class DtypeConfig:
-    """Input dtype plus the dtype of weight and bias (they may differ)."""
+    """Input dtype plus the dtype of weight and bias (they may differ) and, for
+    the add norms, of the residual stream (residual and h; None: the input's)."""
 
     name: str
     input: torch.dtype
     param: torch.dtype
+    residual: torch.dtype | None = None
+
+    @property
+    def residual_dtype(self) -> torch.dtype:
+        return self.residual or self.input
 
 
 DTYPES: dict[str, DtypeConfig] = {
@@ -33,6 +71,9 @@ DTYPES: dict[str, DtypeConfig] = {
         DtypeConfig("bfloat16", torch.bfloat16, torch.bfloat16),
         # Mixed precision training keeps fp32 master weights next to bf16 activations.
         DtypeConfig("bf16_fp32w", torch.bfloat16, torch.float32),
+        # The add norms only: bfloat16 activations on a float32 residual stream
+        # (residual_dtype=float32, flash-attn's residual_in_fp32), fp32 weights.
+        DtypeConfig("bf16_fp32res", torch.bfloat16, torch.float32, torch.float32),
     )
 }
 DTYPE_ALIASES = {
@@ -42,6 +83,7 @@ DTYPE_ALIASES = {
     "bf16": "bfloat16",
     "bf16+fp32": "bf16_fp32w",
     "bf16_fp32": "bf16_fp32w",
+    "bf16+fp32res": "bf16_fp32res",
 }
 
 # Hidden sizes of real models (GPT-2 1600, GPT-3 12288, ...) plus odd sizes
@@ -91,6 +133,38 @@ DEFAULT_DTYPES = {
     "cpu": ("float32", "bfloat16", "float16"),
 }
 QUICK_DTYPES = {"cuda": ("float32", "bfloat16", "bf16_fp32w"), "cpu": ("float32", "bfloat16")}
+
+
+def default_dtypes(device: str, quick: bool, norm: Norm) -> list[DtypeConfig]:
+    names = (QUICK_DTYPES if quick else DEFAULT_DTYPES)[device]
+    if norm.add and not quick:
+        names = (*names, "bf16_fp32res")
+    return [DTYPES[d] for d in names]
+
+
+def norm_dtypes(configs: list[DtypeConfig], norm: Norm) -> tuple[list[DtypeConfig], list[str]]:
+    """The configs that apply to norm (a residual dtype only to the add norms)
+    and notes on the ones left out."""
+    keep = [c for c in configs if norm.add or c.residual is None]
+    notes = [
+        f"{c.name}: skipped for {norm.name} (a residual dtype applies to the add norms only)"
+        for c in configs
+        if c not in keep
+    ]
+    return keep, notes
+
+
+def parse_norms(text: str) -> list[Norm]:
+    norms = []
+    for item in text.split(","):
+        item = item.strip().lower().replace("-", "_")
+        if not item:
+            continue
+        if item not in NORMS:
+            raise ValueError(f"unknown norm {item!r}; choose from {', '.join(NORMS)}")
+        if NORMS[item] not in norms:
+            norms.append(NORMS[item])
+    return norms
 
 
 def default_shapes(device: str, quick: bool) -> list[tuple[int, int]]:
