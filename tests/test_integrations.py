@@ -290,6 +290,39 @@ def test_onnx_export_is_layer_normalization(exporter, tmp_path):
     _close(torch.from_numpy(got), want, torch.float32)
 
 
+class _OnnxNormsModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.proj = nn.Linear(8, 16)
+        self.rms = fastln.RMSNorm(16)
+        self.w = nn.Parameter(torch.randn(16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, h = fastln.add_rms_norm(self.rms(self.proj(x)), x.repeat(1, 1, 2), 16, self.w)
+        return y * h
+
+
+def test_onnx_export_of_rms_norm_and_add_norm(tmp_path):
+    # The dynamo exporter traces the norms as torch's own ops (no ONNX form for
+    # fastln's kernels): the graph runs in onnxruntime with torch's numerics.
+    onnx, ort = _onnx_modules()
+    model = _OnnxNormsModel().eval()
+    x = torch.randn(3, 4, 8)
+    path = str(tmp_path / "norms.onnx")
+    torch.onnx.export(model, (x,), path, dynamo=True)
+    proto = onnx.load(path)
+    onnx.checker.check_model(proto)
+    assert not any(n.domain.startswith("fastln") for n in proto.graph.node)
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        z = F.rms_norm(model.proj(x), [16], model.rms.weight)
+        h = z + x.repeat(1, 1, 2)
+        want = F.rms_norm(h, [16], model.w) * h
+    _close(torch.from_numpy(got), want, torch.float32)
+
+
 def _as_torch(m: nn.LayerNorm) -> nn.LayerNorm:
     ref = nn.LayerNorm(m.normalized_shape, m.eps, m.elementwise_affine, bias=m.bias is not None)
     ref.load_state_dict(m.state_dict())
