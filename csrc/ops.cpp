@@ -21,6 +21,10 @@ TORCH_LIBRARY(fastln, m) {
       "Tensor");
   m.def(kLayerNormFwdSchema);
   m.def(kLayerNormBwdSchema);
+  m.def(kRmsNormFwdSchema);
+  m.def(kRmsNormBwdSchema);
+  m.def(kAddNormFwdSchema);
+  m.def(kAddNormBwdSchema);
 }
 
 const c10::TypedOperatorHandle<LayerNormSignature>& layer_norm_op() {
