@@ -48,6 +48,15 @@ def make_weight(n, dtype, device):
     return randn((n,), dtype, device, 0.2, 1.0)
 
 
+def grad_like(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """grad_out with a mean and a component along x: with independent noise
+    alone, the backward's mean(g) and mean(g * xhat) terms would be of order
+    1 / sqrt(N), below the 16-bit tolerances on long rows, and a wrong sign
+    there would go unnoticed."""
+    noise = torch.randn(x.shape, dtype=torch.float64, device=x.device)
+    return (noise + 0.5 * x.double() + 0.3).to(dtype)
+
+
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -97,7 +106,7 @@ def check_rms(backend, m, n, dtype, w_dtype, eps=1e-5, mask=(True, True)):
     dev = backend.device
     x = randn((m, n), dtype, dev, 2.0, 0.5)
     w = None if w_dtype is None else make_weight(n, w_dtype, dev)
-    g = randn((m, n), dtype, dev)
+    g = grad_like(x, dtype)
     out, rstd = backend.rms_fwd(x, [n], w, eps)
     assert out.dtype == dtype and out.shape == x.shape
     assert rstd.dtype == acc_dtype(dtype) and rstd.shape == (m, 1)
@@ -246,7 +255,7 @@ def check_add(
         assert_close(mean, r_mean, acc, what=f"{what} mean")
 
     dev = backend.device
-    g = randn((m, n), x_t, dev)
+    g = grad_like(h_ref, x_t)
     gh = randn((m, n), h_t, dev) if grad_h else None
     dh, dw, db = backend.add_bwd(g, gh, h, [n], mean, rstd, w, b, rms, list(mask))
     r_dh, r_dw, r_db = ref_grads(h_ref, n, w, b, eps, rms, g)
