@@ -209,6 +209,9 @@ ADD_TYPES = [
 ]
 
 
+ADD_NS = [7, 127, 768, 1000, 4099, 12288, 20000, 65536]
+
+
 def type_id(t) -> str:
     return "-".join(str(d).removeprefix("torch.") for d in t)
 
@@ -275,10 +278,11 @@ def check_add(
 
 @pytest.mark.parametrize("rms", [False, True], ids=["ln", "rms"])
 @pytest.mark.parametrize("types", ADD_TYPES, ids=type_id)
-@pytest.mark.parametrize("n", [7, 127, 768, 1000, 4099, 12288, 20000, 65536])
+@pytest.mark.parametrize("n", ADD_NS)
 def test_add_norm(backend, n, types, rms):
-    # grad_h alternates with N, so that both forms meet every type.
-    check_add(backend, rows_for(n), n, types, rms, grad_h=n % 2 == 1)
+    # grad_h alternates along ADD_NS, so that both forms meet every type and
+    # the register and looping kernels.
+    check_add(backend, rows_for(n), n, types, rms, grad_h=ADD_NS.index(n) % 2 == 0)
 
 
 @pytest.mark.parametrize("rms", [False, True], ids=["ln", "rms"])
