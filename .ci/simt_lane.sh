@@ -4,7 +4,8 @@
 #   1. build fastln with FASTLN_SIMT=1 (adds fastln._simt);
 #   2. the runtime's own tests (intrinsics, each checker on a planted bug), the
 #      SIMT checks (schedule independence, plan paths, A100) and the whole CUDA
-#      test matrix (tests/test_cuda.py) on the SIMT backend;
+#      test matrix (tests/test_cuda.py, and tests/test_cuda_norms.py for
+#      RMSNorm and the fused residual add) on the SIMT backend;
 #   3. rebuild fastln._simt with AddressSanitizer (FASTLN_SIMT_ASAN=1) and run a
 #      subset of the matrix with ASan checking every global-memory access.
 #
@@ -37,7 +38,8 @@ FASTLN_SIMT=1 MAX_JOBS="${MAX_JOBS:-2}" "$py" setup.py build_ext --inplace > "$w
 stage "build (FASTLN_SIMT=1)" "$start"
 
 start=$SECONDS
-"$py" -m pytest -q tests/test_simt_runtime.py tests/test_simt.py tests/test_cuda.py
+"$py" -m pytest -q tests/test_simt_runtime.py tests/test_simt.py tests/test_cuda.py \
+  tests/test_cuda_norms.py
 stage "runtime tests, SIMT checks and the CUDA matrix" "$start"
 
 start=$SECONDS
@@ -55,7 +57,7 @@ stage "build (FASTLN_SIMT_ASAN=1)" "$start"
 start=$SECONDS
 LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)" \
   ASAN_OPTIONS=detect_leaks=0 \
-  "$py" -m pytest -q -p no:faulthandler tests/test_simt.py tests/test_cuda.py \
-  -k "simt and not grid_cap and (schedule or plan_paths or (parity and wb and (float32 or bfloat16)) or (misaligned and (float32 or bfloat16)) or output_mask or empty or nan)"
+  "$py" -m pytest -q -p no:faulthandler tests/test_simt.py tests/test_cuda.py tests/test_cuda_norms.py \
+  -k "simt and not grid_cap and (schedule or plan_paths or (parity and wb and (float32 or bfloat16)) or (misaligned and (float32 or bfloat16)) or add_norm_misaligned or output_mask or empty or nan)"
 stage "the ASan subset" "$start"
 echo "simt_lane: PASSED"

@@ -24,7 +24,7 @@ TORCH_LIBRARY(fastln, m) {
   // fastln.rms_norm and fastln.add_layer_norm / add_rms_norm: the same
   // kernel family (RMSNorm and the fused add are policies of it), each op
   // with its autograd (autograd.cpp) over its kernel ops. eps=None: the
-  // input dtype's machine epsilon, torch's rms_norm default.
+  // machine epsilon of the accumulation dtype, as torch's rms_norm takes it.
   m.def(
       "rms_norm(Tensor input, int[] normalized_shape, Tensor? weight=None, "
       "float? eps=None) -> Tensor");

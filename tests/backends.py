@@ -73,6 +73,11 @@ class Backend:
     layer_norm: Callable[..., torch.Tensor]
     fwd: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     bwd: Callable[..., tuple[torch.Tensor | None, ...]]
+    # The kernel ops of RMSNorm and of the fused residual add (schemas.h).
+    rms_fwd: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    rms_bwd: Callable[..., tuple[torch.Tensor | None, ...]]
+    add_fwd: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+    add_bwd: Callable[..., tuple[torch.Tensor | None, ...]]
 
     @property
     def is_simt(self) -> bool:
@@ -81,19 +86,29 @@ class Backend:
 
 def make_backend(name: str) -> Backend:
     if name == "cuda":
+        ops = torch.ops.fastln
         return Backend(
             "cuda",
             "cuda",
             fastln.layer_norm,
-            torch.ops.fastln.layer_norm_fwd,
-            torch.ops.fastln.layer_norm_bwd,
+            ops.layer_norm_fwd,
+            ops.layer_norm_bwd,
+            ops.rms_norm_fwd,
+            ops.rms_norm_bwd,
+            ops.add_norm_fwd,
+            ops.add_norm_bwd,
         )
     # "simt" (H100) or "simt-a100".
     _simt.configure(device="a100" if name.endswith("a100") else "h100", schedule_seed=SIMT_SEED)
+    ops = torch.ops.fastln_simt
     return Backend(
         name,
         "cpu",
         simt_layer_norm,
-        torch.ops.fastln_simt.layer_norm_fwd,
-        torch.ops.fastln_simt.layer_norm_bwd,
+        ops.layer_norm_fwd,
+        ops.layer_norm_bwd,
+        ops.rms_norm_fwd,
+        ops.rms_norm_bwd,
+        ops.add_norm_fwd,
+        ops.add_norm_bwd,
     )

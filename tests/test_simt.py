@@ -27,7 +27,14 @@ def _default_device():
 
 
 def test_ops_have_the_schemas_of_fastln():
-    for op in ("layer_norm_fwd", "layer_norm_bwd"):
+    for op in (
+        "layer_norm_fwd",
+        "layer_norm_bwd",
+        "rms_norm_fwd",
+        "rms_norm_bwd",
+        "add_norm_fwd",
+        "add_norm_bwd",
+    ):
         ours = str(getattr(torch.ops.fastln_simt, op).default._schema)
         theirs = str(getattr(torch.ops.fastln, op).default._schema)
         assert ours == theirs.replace("fastln::", "fastln_simt::"), (ours, theirs)
@@ -180,3 +187,132 @@ def test_parity_on_a100(n, dtype):
     want = reference(x, (n,), w, b, 1e-5, g)
     for name, a, e in zip(("out", "dx", "dweight", "dbias"), got, want):
         assert_close(a, e, dtype, backward=name != "out", what=f"a100 {name}")
+
+
+def launched(fn) -> list[tuple[str, int]]:
+    """(full kernel name, dynamic shared memory) of each launch of fn()."""
+    _simt.clear_launches()
+    fn()
+    return [(r["kernel"], r["dynamic_smem"]) for r in _simt.launches()]
+
+
+def norm_case(m, n, x_t, h_t=None, r_t=None, w_t=None, seed=1234):
+    gen = torch.Generator().manual_seed(seed)
+    h_t = h_t or x_t
+    x = (torch.randn(m, n, generator=gen, dtype=torch.float64) * 2 + 1).to(x_t)
+    r = torch.randn(m, n, generator=gen, dtype=torch.float64).to(r_t or h_t)
+    w = (1 + 0.2 * torch.randn(n, generator=gen, dtype=torch.float64)).to(w_t or x_t)
+    b = (0.2 * torch.randn(n, generator=gen, dtype=torch.float64)).to(w_t or x_t)
+    g = torch.randn(m, n, generator=gen, dtype=torch.float64).to(x_t)
+    gh = torch.randn(m, n, generator=gen, dtype=torch.float64).to(h_t)
+    return x, r, w, b, g, gh
+
+
+def run_rms(m, n, dtype, w_t=None):
+    x, _, w, _, g, _ = norm_case(m, n, dtype, w_t=w_t)
+    ops = torch.ops.fastln_simt
+    out, rstd = ops.rms_norm_fwd(x, [n], w, 1e-5)
+    dx, dw = ops.rms_norm_bwd(g, x, [n], rstd, w, [True, True])
+    return out, rstd, dx, dw
+
+
+def run_add(m, n, x_t, h_t, r_t, rms, w_t=None):
+    x, r, w, b, g, gh = norm_case(m, n, x_t, h_t, r_t, w_t)
+    b = None if rms else b
+    ops = torch.ops.fastln_simt
+    out, h, mean, rstd = ops.add_norm_fwd(x, r, [n], w, b, 1e-5, rms, h_t)
+    dh, dw, db = ops.add_norm_bwd(g, gh, h, [n], mean, rstd, w, b, rms, [True] * 3)
+    return out, h, mean, rstd, dh, dw, db
+
+
+F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
+
+
+@pytest.mark.parametrize(
+    "case,fwd,bwd",
+    [
+        # RMSNorm: the layer norm kernels with kRms (the last template
+        # argument), x read directly. Several rows per block: the backward
+        # stages its dweight sums (one sum, no dbias) in shared memory.
+        (
+            ("rms", 5, 64, F32),
+            ("reg", "DirectLoad<float>", True, 0),
+            ("reg", "DirectStore<float>", True, 1),
+        ),
+        (
+            ("rms", 5, 12288, BF16),
+            ("reg", "DirectLoad<c10::BFloat16>", True, 0),
+            ("loop", "DirectStore<c10::BFloat16>", True, 1),
+        ),
+        (
+            ("rms", 3, 65536, F32),
+            ("loop", "DirectLoad<float>", True, 0),
+            ("loop", "DirectStore<float>", True, 0),
+        ),
+        # The fused add: AddLoad<X, R, H> forward, AddStore<H> backward.
+        (
+            ("add", 5, 1024, BF16, BF16, BF16, False),
+            ("reg", "AddLoad<c10::BFloat16, c10::BFloat16, c10::BFloat16>", False, 0),
+            ("reg", "AddStore<c10::BFloat16>", False, 0),
+        ),
+        # A float32 h of bfloat16 input: rows of 80 KB cached, 256 KB not.
+        (
+            ("add", 3, 20000, BF16, F32, BF16, True),
+            ("loop", "AddLoad<c10::BFloat16, c10::BFloat16, float>", True, 1),
+            ("loop", "AddStore<float>", True, 1),
+        ),
+        (
+            ("add", 3, 65536, F16, F32, F32, False),
+            ("loop", "AddLoad<c10::Half, float, float>", False, 0),
+            ("loop", "AddStore<float>", False, 0),
+        ),
+    ],
+)
+def test_norm_plan_paths(case, fwd, bwd):
+    """The RMSNorm and fused-add ops run the layer norm kernels with their
+    policies: which kernel, which LOAD / STORE policy, kRms, and whether it got
+    dynamic shared memory (row cache or staging), as the launch log shows."""
+    _simt.configure(device="h100", schedule_seed=SIMT_SEED)
+    if case[0] == "rms":
+        _, m, n, dtype = case
+        log = launched(lambda: run_rms(m, n, dtype))
+    else:
+        _, m, n, x_t, h_t, r_t, rms = case
+        log = launched(lambda: run_add(m, n, x_t, h_t, r_t, rms))
+    (fk, fs), (bk, bs), (rk, _) = log
+    for direction, name, smem, (kind, policy, rms_flag, has_smem) in (
+        ("fwd", fk, fs, fwd),
+        ("bwd", bk, bs, bwd),
+    ):
+        assert name.startswith(f"layer_norm_{direction}_{kind}_kernel<"), log
+        assert f"fastln::cuda::{policy}" in name, log
+        assert name.endswith(", true>" if rms_flag else ", false>"), log
+        assert (smem > 0) == bool(has_smem), log
+    assert rk.startswith("layer_norm_bwd_param_reduce_kernel<"), log
+
+
+NORM_SCHEDULE_CASES = [
+    ("rms", 129, 100, F16),
+    ("rms", 5, 4096, BF16),
+    ("rms", 3, 20000, F32),
+    ("add", 129, 64, BF16, F32, BF16, False),
+    ("add", 33, 1000, F16, F16, F16, True),
+    ("add", 3, 12288, BF16, F32, F32, False),
+]
+
+
+@pytest.mark.parametrize("case", NORM_SCHEDULE_CASES, ids=str)
+def test_norm_results_do_not_depend_on_the_schedule(case):
+    """The race checker on the RMSNorm and fused-add launches: bitwise-equal
+    results under index order and pseudo-random thread orders."""
+
+    def run(seed):
+        _simt.configure(device="h100", schedule_seed=seed)
+        if case[0] == "rms":
+            return run_rms(*case[1:])
+        return run_add(*case[1:])
+
+    first = run(0)
+    for seed in (1, 99991):
+        for i, (a, e) in enumerate(zip(run(seed), first)):
+            assert a is None and e is None or torch.equal(a, e), f"output {i} (seed {seed})"

@@ -1,5 +1,5 @@
 // Device building blocks of the fastln CUDA kernels: vector packs, Welford /
-// Chan statistics, and warp / block all-reductions.
+// Chan statistics, plain sums, and warp / block all-reductions.
 //
 // This header is deliberately torch-free (it includes only the device seam,
 // device_runtime.cuh) so that it can be read, reused and tested on its own,
@@ -181,6 +181,32 @@ __device__ __forceinline__ SumTriple<acc_t> shfl_leader(
   return {__shfl_sync(kFullMask, s.a, 0, width),
           __shfl_sync(kFullMask, s.b, 0, width),
           __shfl_sync(kFullMask, s.c, 0, width)};
+}
+
+// One sum (RMSNorm's sum of squares in the forward, sum(g * x) in the
+// backward): the mean-free norm needs neither Welford's state nor the
+// backward's other two sums, so it shuffles a third of the data.
+template <typename acc_t>
+struct SumState {
+  acc_t sum;
+};
+
+template <typename acc_t>
+__device__ __forceinline__ SumState<acc_t> shfl_down(const SumState<acc_t>& s,
+                                                     int offset, int width) {
+  return {__shfl_down_sync(kFullMask, s.sum, offset, width)};
+}
+
+template <typename acc_t>
+__device__ __forceinline__ SumState<acc_t> shfl_leader(const SumState<acc_t>& s,
+                                                       int width) {
+  return {__shfl_sync(kFullMask, s.sum, 0, width)};
+}
+
+template <typename acc_t>
+__device__ __forceinline__ SumState<acc_t> reduce_op(const SumState<acc_t>& a,
+                                                     const SumState<acc_t>& b) {
+  return {a.sum + b.sum};
 }
 
 template <typename acc_t>

@@ -14,6 +14,10 @@
 TORCH_LIBRARY(fastln_simt, m) {
   m.def(fastln::kLayerNormFwdSchema);
   m.def(fastln::kLayerNormBwdSchema);
+  m.def(fastln::kRmsNormFwdSchema);
+  m.def(fastln::kRmsNormBwdSchema);
+  m.def(fastln::kAddNormFwdSchema);
+  m.def(fastln::kAddNormBwdSchema);
 }
 
 PYBIND11_MODULE(_simt, m) {
