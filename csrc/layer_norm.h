@@ -130,6 +130,13 @@ using LayerNormFwdSignature = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const std::optional<at::Tensor>&, double, std::optional<at::ScalarType>);
 const c10::TypedOperatorHandle<LayerNormFwdSignature>& layer_norm_fwd_op();
 
+// fastln::add_norm, the fused residual-add norms with their autograd.
+using AddNormSignature = std::tuple<at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, at::IntArrayRef,
+    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+    std::optional<double>, bool, std::optional<at::ScalarType>);
+const c10::TypedOperatorHandle<AddNormSignature>& add_norm_op();
+
 // Which CPU row kernels run on this machine: "avx2" or "base"
 // (FASTLN_CPU_ISA=base at start-up forces the baseline).
 std::string cpu_isa();

@@ -52,6 +52,13 @@ const c10::TypedOperatorHandle<LayerNormFwdSignature>& layer_norm_fwd_op() {
   return op;
 }
 
+const c10::TypedOperatorHandle<AddNormSignature>& add_norm_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fastln::add_norm", "")
+                             .typed<AddNormSignature>();
+  return op;
+}
+
 }  // namespace fastln
 
 PYBIND11_MODULE(_C, m) {
@@ -80,6 +87,21 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("input"), py::arg("normalized_shape"), py::arg("weight"),
       py::arg("bias"), py::arg("eps"));
+  // fastln.add_layer_norm / add_rms_norm's eager path, for the same reason.
+  m.def(
+      "add_norm",
+      [](const at::Tensor& input, const at::Tensor& residual,
+         std::vector<int64_t> normalized_shape,
+         const std::optional<at::Tensor>& weight,
+         const std::optional<at::Tensor>& bias, std::optional<double> eps,
+         bool rms, at::ScalarType residual_dtype) {
+        return fastln::add_norm_op().call(input, residual, normalized_shape,
+                                          weight, bias, eps, rms,
+                                          residual_dtype);
+      },
+      py::arg("input"), py::arg("residual"), py::arg("normalized_shape"),
+      py::arg("weight"), py::arg("bias"), py::arg("eps"), py::arg("rms"),
+      py::arg("residual_dtype"));
   m.def("cpu_isa", &fastln::cpu_isa,
         "The CPU row kernels in use: 'avx2' or 'base'.");
 }

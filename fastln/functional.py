@@ -32,6 +32,7 @@ _LAYER_NORM = torch.ops.fastln.layer_norm.default
 _LAYER_NORM_EAGER = _ops._C.layer_norm
 _RMS_NORM = torch.ops.fastln.rms_norm.default
 _ADD_NORM = torch.ops.fastln.add_norm.default
+_ADD_NORM_EAGER = _ops._C.add_norm
 _is_compiling = torch.compiler.is_compiling
 _in_onnx_export = torch.onnx.is_in_onnx_export
 _Tensor = torch.Tensor
@@ -166,7 +167,9 @@ def _add_norm(
         residual = residual.to(h_dtype)
     if _plain(input) and not _is_compiling():
         try:
-            return _ADD_NORM(input, residual, normalized_shape, weight, bias, eps, rms, h_dtype)
+            return _ADD_NORM_EAGER(
+                input, residual, normalized_shape, weight, bias, eps, rms, h_dtype
+            )
         except NotImplementedError:
             _check_device(input, "add_rms_norm" if rms else "add_layer_norm")
             raise

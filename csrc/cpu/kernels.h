@@ -612,17 +612,34 @@ inline V rounded_as(V v) {
 }
 
 // Row r of h = x + residual: into `scratch` (N acc_t, the values h holds)
-// and, with Store, into h. Returns scratch.
+// and, with Store, into h, in one pass over the row (x and residual are read
+// once, h written once; the norm then reads scratch). Returns scratch.
 template <typename Store, typename R, typename H, typename scalar_t,
           typename acc_t>
 inline const acc_t* add_residual_row(const scalar_t* x,
                                      const AddResidual<R, H>& add, int64_t r,
                                      int64_t N, acc_t* scratch) {
   const R* res = add.residual + r * N;
-  row_map<acc_t>(N, scratch, [&](auto at) {
-    return rounded_as<H, acc_t>(at(x) + at(res));
-  });
-  row_map<acc_t, Store>(N, add.h + r * N, [&](auto at) { return at(scratch); });
+  H* h = add.h + r * N;
+  if constexpr (std::is_same_v<Store, StreamStore>) {
+    // Streaming stores take whole vectors at aligned addresses (rows_map).
+    if (reinterpret_cast<uintptr_t>(h) % 64 != 0)
+      return add_residual_row<PlainStore>(x, add, r, N, scratch);
+  }
+  constexpr int64_t W = Simd<acc_t>::kWidth;
+  int64_t i = 0;
+  for (; i + W <= N; i += W) {
+    const auto v =
+        rounded_as<H, acc_t>(load_vec<acc_t>(x + i) + load_vec<acc_t>(res + i));
+    store_vec<acc_t, acc_t>(scratch + i, v);
+    store_vec<H, acc_t, Store>(h + i, v);
+  }
+  for (; i < N; ++i) {
+    const acc_t v = rounded_as<H, acc_t>(load_as_acc<acc_t>(x, i) +
+                                         load_as_acc<acc_t>(res, i));
+    scratch[i] = v;
+    store_from_acc(h, i, v);
+  }
   return scratch;
 }
 
