@@ -591,6 +591,22 @@ def test_add_norm_forward_long_row(rms):
     assert ours <= 2 * theirs, f"fastln {ours:.3g} vs torch {theirs:.3g}"
 
 
+# Outputs of at least 16 MiB together (y + h forward, dx + grad_h backward) are
+# written with non-temporal stores (layer_norm_cpu.cpp, stream_output); these
+# shapes put each tensor below 16 MiB, so only the fused add's count streams them,
+# and rows of 5000 elements start at 64-byte boundaries only every few rows (the
+# rest take the plain stores).
+@pytest.mark.parametrize("rms", [False, True], ids=["ln", "rms"])
+@pytest.mark.parametrize(
+    "dtype,residual_dtype", [(torch.float32, None), (torch.bfloat16, torch.float32)], ids=str
+)
+def test_add_norm_streamed_outputs(dtype, residual_dtype, rms):
+    shape, ns = (640, 5000), (5000,)
+    x, w, b = _inputs(shape, ns, dtype, None, True, not rms)
+    r = torch.randn(shape, dtype=dtype)
+    _check_add(x, r, ns, w, b, rms, residual_dtype=residual_dtype)
+
+
 # --- 4. gradcheck / gradgradcheck in float64 --------------------------------------
 
 GRAD_CASES = [

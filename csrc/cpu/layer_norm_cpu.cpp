@@ -115,12 +115,13 @@ void backward_rows(const G* dy, const scalar_t* x, const acc_t* mean,
                       db_acc, N, begin, end, scratch, stream)
 }
 
-// Whether an output of `bytes` is written with non-temporal stores
-// (kernels.h, StreamStore): when it is at least half this machine's 32 MiB
-// L3, it cannot stay cached beside the input that streams past it, and the
-// write-allocate reads are pure overhead (they held the fp32 forward of a
+// Whether outputs of `bytes` are written with non-temporal stores
+// (kernels.h, StreamStore): when they are at least half this machine's 32 MiB
+// L3, they cannot stay cached beside the input that streams past them, and
+// the write-allocate reads are pure overhead (they held the fp32 forward of a
 // 16 MiB tensor at 67% of copy bandwidth). Smaller outputs stay in cache for
-// the next op.
+// the next op. A fused add counts everything it writes (y and h forward),
+// and in the backward the grad_h it reads beside dx.
 // FASTLN_CPU_STREAM=0 turns streaming off (to compare).
 bool stream_output(int64_t bytes) {
   constexpr int64_t kStreamBytes = int64_t{16} << 20;
@@ -305,8 +306,11 @@ void run_forward(const at::Tensor& x, const at::Tensor& residual,
         acc_t* mean_ptr = kRms ? nullptr : mean.mutable_data_ptr<acc_t>();
         acc_t* rstd_ptr = rstd.mutable_data_ptr<acc_t>();
         const acc_t eps_acc = static_cast<acc_t>(eps);
-        // Streaming by the output; a fused add writes h as well, as large.
-        const bool stream = stream_output(out.nbytes());
+        // Streaming by everything written: a fused add writes h as well (by
+        // y alone, 1024 x 2560 fp32 was written through the cache, evicting
+        // x and residual, and ran at 0.8x the unfused torch composition).
+        const bool stream =
+            stream_output(out.nbytes() + (h.defined() ? h.nbytes() : 0));
         const bool read_in_place =
             isa_base::kReadInPlace<scalar_t> && !h.defined();
         const auto run = [&](const auto& load) {
@@ -359,7 +363,10 @@ void run_backward(const at::Tensor& dy, const at::Tensor& x,
         const ParamAsAcc<scalar_t, acc_t> w_acc(w);
         const acc_t* w_ptr = w_acc.get();
         scalar_t* dx_ptr = dx.mutable_data_ptr<scalar_t>();
-        const bool stream = stream_output(dx.nbytes());
+        // A fused add's backward also reads grad_h, as large as dx, which
+        // would otherwise share the cache with dx's write-allocated lines.
+        const bool stream = stream_output(
+            dx.nbytes() + (grad_h.defined() ? grad_h.nbytes() : 0));
         // Rows of a 16-bit x or dy are converted into scratch (kTileRows rows
         // of each at a time).
         const int64_t scratch_size = isa_base::kReadInPlace<scalar_t> &&
