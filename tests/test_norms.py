@@ -15,7 +15,7 @@ import inspect
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TOLERANCES, assert_close
+from conftest import TOLERANCES, assert_close, reference, run_layer_norm
 from torch import nn
 from torch.autograd import gradcheck, gradgradcheck
 
@@ -605,6 +605,65 @@ def test_add_norm_streamed_outputs(dtype, residual_dtype, rms):
     x, w, b = _inputs(shape, ns, dtype, None, True, not rms)
     r = torch.randn(shape, dtype=dtype)
     _check_add(x, r, ns, w, b, rms, residual_dtype=residual_dtype)
+
+
+# LayerNorm and RMSNorm outputs of at least 16 MiB are streamed too; rows of 4099
+# elements start at every offset from a 64-byte boundary: each row is written
+# plainly up to its first boundary and streamed from there (kernels.h, rows_map).
+@pytest.mark.parametrize("rms", [False, True], ids=["ln", "rms"])
+@pytest.mark.parametrize("dtype,M", [(torch.float32, 1024), (torch.bfloat16, 2048)], ids=str)
+def test_streamed_rows_at_every_alignment(dtype, M, rms):
+    N = 4099
+    x, w, b = _inputs((M, N), (N,), dtype, None, True, not rms)
+    g = torch.randn(M, N, dtype=dtype)
+    if rms:
+        _check_rms(x, (N,), w, 1e-5, g)
+        return
+    ours = run_layer_norm(fastln.layer_norm, x, (N,), w, b, 1e-5, g)
+    want = reference(x, (N,), w, b, 1e-5, g)
+    for name, a, e in zip(("out", "dx", "dweight", "dbias"), ours, want):
+        assert a.dtype == dtype, name
+        assert_close(a, e, dtype, backward=name != "out", what=name)
+
+
+def _pytest_with_stream_env(value: str, *args: str):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "FASTLN_CPU_STREAM": value}
+    tests = os.path.dirname(os.path.abspath(__file__))
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
+        cwd=tests,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def test_every_output_streamed_keeps_parity():
+    # FASTLN_CPU_STREAM=1 streams every output, whatever its size: the parity
+    # tests of every norm then run the streaming paths (non-temporal stores, the
+    # plain head of each misaligned row, tiles of short rows written plainly) at
+    # every shape and dtype of their grids.
+    proc = _pytest_with_stream_env(
+        "1",
+        "test_parity.py",
+        "test_norms.py",
+        "-k",
+        "(test_parity or rms_norm_parity or add_norm_parity or residual_dtype or streamed"
+        " or long_row) and not every_output",
+    )
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
+    assert " passed" in proc.stdout and " failed" not in proc.stdout, proc.stdout[-2000:]
+
+
+def test_bad_stream_env_raises():
+    proc = _pytest_with_stream_env("16MiB", "test_norms.py", "-k", "test_add_norm_streamed_outputs")
+    assert proc.returncode != 0
+    assert "FASTLN_CPU_STREAM must be a byte count (0: never stream), got '16MiB'" in proc.stdout
 
 
 # --- 4. gradcheck / gradgradcheck in float64 --------------------------------------

@@ -340,36 +340,68 @@ inline V pairwise_sum(const std::array<V, R>& a) {
   }
 }
 
-// out[r][i] = body(at)[r] for R rows of N elements and every i, converted to
-// out's type: two vectors per iteration (their conversions interleave and
+// Streaming stores (StreamStore) take whole vectors at 64-byte aligned
+// addresses. A row of T at p can stream from element stream_head(p) on, its
+// first 64-byte boundary; -1 when p is not aligned to T, or when the row is
+// shorter than kStreamPeelMinBytes and not aligned itself: such short rows
+// would spend a scalar head of up to 64 bytes on each row, so they are written
+// with plain stores (as every misaligned row was, which held 1024 x 2041 fp32
+// add_layer_norm, 1 row in 16 aligned, at 0.8x the unfused torch ops).
+constexpr int64_t kStreamPeelMinBytes = 1024;
+template <typename T>
+inline int64_t stream_head(const T* p, int64_t N) {
+  const auto offset = reinterpret_cast<uintptr_t>(p) % 64;
+  if (offset % sizeof(T) != 0) return -1;
+  const auto head = static_cast<int64_t>((64 - offset) % 64 / sizeof(T));
+  if (head > 0 && N * static_cast<int64_t>(sizeof(T)) < kStreamPeelMinBytes)
+    return -1;
+  return head < N ? head : -1;
+}
+
+// out[r][i] = body(at)[r] for R rows and every i in [begin, end), converted
+// to out's type: two vectors per iteration (their conversions interleave and
 // 16-bit results leave in one store), then one vector, then the scalar tail.
-// With StreamStore, rows that do not start at a 64-byte boundary (so that
-// some vector would be misaligned) are written with PlainStore.
-template <typename acc_t, size_t R, typename Store = PlainStore, typename T,
-          typename Body>
-inline void rows_map(int64_t N, const std::array<T*, R>& out,
-                     const Body& body) {
-  if constexpr (std::is_same_v<Store, StreamStore>) {
-    bool aligned = true;
-    for (size_t r = 0; r < R; ++r)
-      aligned = aligned && reinterpret_cast<uintptr_t>(out[r]) % 64 == 0;
-    if (!aligned) return rows_map<acc_t, R, PlainStore>(N, out, body);
-  }
+// The body is elementwise, so an element's value does not depend on where
+// the range starts.
+template <typename acc_t, size_t R, typename Store, typename T, typename Body>
+inline void rows_map_range(int64_t begin, int64_t end,
+                           const std::array<T*, R>& out, const Body& body) {
   constexpr int64_t W = Simd<acc_t>::kWidth;
-  int64_t i = 0;
-  for (; i + 2 * W <= N; i += 2 * W) {
+  int64_t i = begin;
+  for (; i + 2 * W <= end; i += 2 * W) {
     const auto v0 = body(VectorAt<acc_t>{i});
     const auto v1 = body(VectorAt<acc_t>{i + W});
     for (size_t r = 0; r < R; ++r)
       store_vec2<T, acc_t, Store>(out[r] + i, v0[r], v1[r]);
   }
-  for (; i + W <= N; i += W) {
+  for (; i + W <= end; i += W) {
     const auto v = body(VectorAt<acc_t>{i});
     for (size_t r = 0; r < R; ++r) store_vec<T, acc_t, Store>(out[r] + i, v[r]);
   }
-  for (; i < N; ++i) {
+  for (; i < end; ++i) {
     const auto v = body(ScalarAt<acc_t>{i});
     for (size_t r = 0; r < R; ++r) store_from_acc(out[r], i, v[r]);
+  }
+}
+
+// out[r][i] = body(at)[r] for R rows of N elements. With StreamStore, each
+// row is written plainly up to its first 64-byte boundary and streamed from
+// there (stream_head); rows whose boundaries differ (a tile of several rows)
+// are written plainly.
+template <typename acc_t, size_t R, typename Store = PlainStore, typename T,
+          typename Body>
+inline void rows_map(int64_t N, const std::array<T*, R>& out,
+                     const Body& body) {
+  if constexpr (std::is_same_v<Store, StreamStore>) {
+    const int64_t head = stream_head(out[0], N);
+    bool same = head >= 0;
+    for (size_t r = 1; r < R; ++r)
+      same = same && stream_head(out[r], N) == head;
+    if (!same) return rows_map_range<acc_t, R, PlainStore>(0, N, out, body);
+    rows_map_range<acc_t, R, PlainStore>(0, head, out, body);
+    rows_map_range<acc_t, R, StreamStore>(head, N, out, body);
+  } else {
+    rows_map_range<acc_t, R, Store>(0, N, out, body);
   }
 }
 
@@ -611,9 +643,31 @@ inline V rounded_as(V v) {
   }
 }
 
-// Row r of h = x + residual: into `scratch` (N acc_t, the values h holds)
-// and, with Store, into h, in one pass over the row (x and residual are read
-// once, h written once; the norm then reads scratch). Returns scratch.
+// Elements [begin, end) of h = x + residual: into `scratch` (acc_t, the
+// values h holds) and, with Store, into h.
+template <typename Store, typename R, typename H, typename scalar_t,
+          typename acc_t>
+inline void add_residual_range(const scalar_t* x, const R* res, H* h,
+                               acc_t* scratch, int64_t begin, int64_t end) {
+  constexpr int64_t W = Simd<acc_t>::kWidth;
+  int64_t i = begin;
+  for (; i + W <= end; i += W) {
+    const auto v =
+        rounded_as<H, acc_t>(load_vec<acc_t>(x + i) + load_vec<acc_t>(res + i));
+    store_vec<acc_t, acc_t>(scratch + i, v);
+    store_vec<H, acc_t, Store>(h + i, v);
+  }
+  for (; i < end; ++i) {
+    const acc_t v = rounded_as<H, acc_t>(load_as_acc<acc_t>(x, i) +
+                                         load_as_acc<acc_t>(res, i));
+    scratch[i] = v;
+    store_from_acc(h, i, v);
+  }
+}
+
+// Row r of h = x + residual: into `scratch` (N acc_t) and, with Store, into
+// h, in one pass over the row (x and residual are read once, h written once;
+// the norm then reads scratch). Returns scratch. Streams h as rows_map does.
 template <typename Store, typename R, typename H, typename scalar_t,
           typename acc_t>
 inline const acc_t* add_residual_row(const scalar_t* x,
@@ -622,24 +676,14 @@ inline const acc_t* add_residual_row(const scalar_t* x,
   const R* res = add.residual + r * N;
   H* h = add.h + r * N;
   if constexpr (std::is_same_v<Store, StreamStore>) {
-    // Streaming stores take whole vectors at aligned addresses (rows_map).
-    if (reinterpret_cast<uintptr_t>(h) % 64 != 0)
-      return add_residual_row<PlainStore>(x, add, r, N, scratch);
+    const int64_t head = stream_head(h, N);
+    if (head >= 0) {
+      add_residual_range<PlainStore>(x, res, h, scratch, 0, head);
+      add_residual_range<StreamStore>(x, res, h, scratch, head, N);
+      return scratch;
+    }
   }
-  constexpr int64_t W = Simd<acc_t>::kWidth;
-  int64_t i = 0;
-  for (; i + W <= N; i += W) {
-    const auto v =
-        rounded_as<H, acc_t>(load_vec<acc_t>(x + i) + load_vec<acc_t>(res + i));
-    store_vec<acc_t, acc_t>(scratch + i, v);
-    store_vec<H, acc_t, Store>(h + i, v);
-  }
-  for (; i < N; ++i) {
-    const acc_t v = rounded_as<H, acc_t>(load_as_acc<acc_t>(x, i) +
-                                         load_as_acc<acc_t>(res, i));
-    scratch[i] = v;
-    store_from_acc(h, i, v);
-  }
+  add_residual_range<PlainStore>(x, res, h, scratch, 0, N);
   return scratch;
 }
 

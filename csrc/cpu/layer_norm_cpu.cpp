@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -122,14 +123,24 @@ void backward_rows(const G* dy, const scalar_t* x, const acc_t* mean,
 // 16 MiB tensor at 67% of copy bandwidth). Smaller outputs stay in cache for
 // the next op. A fused add counts everything it writes (y and h forward),
 // and in the backward the grad_h it reads beside dx.
-// FASTLN_CPU_STREAM=0 turns streaming off (to compare).
+// FASTLN_CPU_STREAM=<bytes> sets the threshold (another machine's L3 may
+// want another; =1 streams every output, which the tests use to run the
+// streaming paths on small shapes); FASTLN_CPU_STREAM=0 turns streaming off.
 bool stream_output(int64_t bytes) {
-  constexpr int64_t kStreamBytes = int64_t{16} << 20;
-  static const bool enabled = [] {
+  static const int64_t threshold = [] {
     const char* env = std::getenv("FASTLN_CPU_STREAM");
-    return env == nullptr || std::string(env) != "0";
+    if (env == nullptr || *env == '\0') return int64_t{16} << 20;
+    char* end = nullptr;
+    errno = 0;
+    const long long value = std::strtoll(env, &end, 10);
+    TORCH_CHECK(*end == '\0' && errno == 0 && value >= 0,
+                "fastln: FASTLN_CPU_STREAM must be a byte count (0: never "
+                "stream), got '",
+                env, "'");
+    return value == 0 ? std::numeric_limits<int64_t>::max()
+                      : static_cast<int64_t>(value);
   }();
-  return enabled && bytes >= kStreamBytes;
+  return bytes >= threshold;
 }
 
 template <typename scalar_t, typename acc_t>
