@@ -319,7 +319,8 @@ void run_forward(const at::Tensor& x, const at::Tensor& residual,
         const acc_t eps_acc = static_cast<acc_t>(eps);
         // Streaming by everything written: a fused add writes h as well (by
         // y alone, 1024 x 2560 fp32 was written through the cache, evicting
-        // x and residual, and ran at 0.8x the unfused torch composition).
+        // x and residual: 0.72-0.79x the unfused torch composition, 1.2x
+        // streamed).
         const bool stream =
             stream_output(out.nbytes() + (h.defined() ? h.nbytes() : 0));
         const bool read_in_place =
