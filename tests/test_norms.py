@@ -627,15 +627,20 @@ def test_streamed_rows_at_every_alignment(dtype, M, rms):
 
 
 def _pytest_with_stream_env(value: str, *args: str):
+    """pytest on test files of this folder in a child process with FASTLN_CPU_STREAM
+    set, importing the fastln this process imported (an in-place build is found
+    through the working directory, which the child keeps)."""
     import os
     import subprocess
     import sys
 
-    env = {**os.environ, "FASTLN_CPU_STREAM": value}
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(fastln.__file__)))
+    path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "FASTLN_CPU_STREAM": value, "PYTHONPATH": path}
     tests = os.path.dirname(os.path.abspath(__file__))
+    args = tuple(os.path.join(tests, a) if a.endswith(".py") else a for a in args)
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
-        cwd=tests,
         env=env,
         capture_output=True,
         text=True,
