@@ -3,8 +3,10 @@
 # runs them on a fresh machine: a fresh clone, a fresh virtual environment with no
 # torch in it, no CUDA variables, and whatever torch `pip install torch` brings (on
 # this machine the CUDA build). Checks that the main command wrote benchmark results,
-# that fastln found the nvcc toolkit by itself when there is one, and that the test
-# command passed.
+# that fastln found the nvcc toolkit by itself when there is one and then registered
+# its CUDA kernels, that the SIMT resource table matches that nvcc build, and that the
+# test command (the whole suite against that build) passed. This is CI's one CUDA
+# build: the test command's editable install reuses the main command's objects.
 #
 # Usage: .ci/newcomer_lane.sh   (from the repository root)
 set -euo pipefail
@@ -70,6 +72,20 @@ if torch.version.cuda is not None and not fastln.cuda_built():
     raise SystemExit('newcomer: FAILED: nvcc is here and torch is a CUDA build, '
                      'but fastln was built CPU-only: ' + str(fastln.build_info()['NO_CUDA_REASON']))
 ")
+  # The rest of what a CUDA build must show without a GPU, on this very build (one nvcc
+  # build in CI, not two): the kernels registered with the dispatcher, and the SIMT
+  # backend's resource table (csrc/simt/resource_usage.inc: each kernel's registers and
+  # static shared memory) equal to what cuobjdump reads from the compiled kernels.
+  so=$(cd "$work" && python -c "
+import torch, fastln, fastln._C
+if torch.version.cuda is not None:
+    assert 'CUDA:' in torch._C._dispatch_dump('fastln::layer_norm_fwd'), 'no CUDA kernel registered'
+    print(fastln._C.__file__)
+")
+  if [[ -n "$so" ]]; then
+    echo "newcomer: CUDA kernels registered; checking the SIMT resource table against $so"
+    python tools/simt_resources.py --so "$so" --check
+  fi
 fi
 
 echo "+ $test_command"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SIMT lane: fastln's CUDA kernels, their own source, executed on the CPU by the
 # SIMT runtime (csrc/simt), with its checkers on. No GPU, CPU build of torch.
-#   1. build fastln with FASTLN_SIMT=1 (adds fastln._simt);
+#   1. add fastln._simt to the checkout's build (FASTLN_SIMT=1);
 #   2. the runtime's own tests (intrinsics, each checker on a planted bug), the
 #      SIMT checks (schedule independence, plan paths, A100) and the whole CUDA
 #      test matrix (tests/test_cuda.py, and tests/test_cuda_norms.py for
@@ -10,20 +10,25 @@
 #      subset of the matrix with ASan checking every global-memory access.
 #
 # Usage: .ci/simt_lane.sh VENV_DIR   (from the repository root)
-# The build happens in a copy of the working tree (.ci/lib.sh copy_tree), so the
-# SIMT and ASan builds never replace the extension of the checkout.
+# VENV_DIR is the cpu lane's environment when .ci/run calls this lane: the build
+# happens in the checkout, whose fastln._C the cpu lane has just compiled in the same
+# build folder against the same torch, so ninja compiles only fastln._simt (a second
+# fastln._C build, in a copy of the tree, was a quarter of CI's time). Without such
+# an environment the lane makes one and builds both modules. The plain fastln._simt
+# is put back after the ASan build, so the checkout keeps a module that loads without
+# the ASan runtime.
 set -euo pipefail
-# shellcheck source=.ci/lib.sh
-source .ci/lib.sh
 venv=$1
 
 work="$(mktemp -d -t fastln-simt-lane.XXXXXX)"
-trap 'rm -rf "$work"' EXIT
-python3 -m venv "$venv"
+restore_simt() {
+  if [[ -d "$work/plain" ]]; then cp -p "$work"/plain/_simt*.so fastln/; fi
+  rm -rf "$work"
+}
+trap restore_simt EXIT
+if [[ ! -x "$venv/bin/python" ]]; then python3 -m venv "$venv"; fi
 py="$venv/bin/python"
 "$py" -m pip install -q torch==2.13.0 ninja pybind11 pytest numpy setuptools wheel
-copy_tree "$work/src"
-cd "$work/src"
 
 stage() {
   echo "simt_lane: $1 took $((SECONDS - $2)) s"
@@ -42,6 +47,8 @@ start=$SECONDS
   tests/test_cuda_norms.py
 stage "runtime tests, SIMT checks and the CUDA matrix" "$start"
 
+mkdir "$work/plain"
+cp -p fastln/_simt*.so "$work/plain/"
 start=$SECONDS
 FASTLN_SIMT=1 FASTLN_SIMT_ASAN=1 MAX_JOBS="${MAX_JOBS:-2}" "$py" setup.py build_ext --inplace \
   > "$work/build-asan.log" 2>&1 || {
@@ -50,6 +57,13 @@ FASTLN_SIMT=1 FASTLN_SIMT_ASAN=1 MAX_JOBS="${MAX_JOBS:-2}" "$py" setup.py build_
   exit 1
 }
 stage "build (FASTLN_SIMT_ASAN=1)" "$start"
+# The subset below is only worth its time on an instrumented module.
+# (The symbols into a variable first: grep -q would end nm by SIGPIPE under pipefail.)
+undefined=$(nm -D --undefined-only fastln/_simt*.so)
+if [[ $undefined != *__asan_init* ]]; then
+  echo "simt_lane: FAILED: the FASTLN_SIMT_ASAN=1 build of fastln._simt is not instrumented"
+  exit 1
+fi
 
 # python itself is not instrumented: the ASan runtime comes first, with libstdc++
 # (ASan's C++ exception interceptor needs it loaded before the extension).

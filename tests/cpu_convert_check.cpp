@@ -35,7 +35,7 @@ struct BFloat16 {
 #include "cpu/kernels.h"
 #undef FASTLN_VEC_BYTES
 
-// The copies of the vector code, exactly as csrc/cpu/layer_norm_cpu.cpp
+// The copies of the vector code, exactly as csrc/cpu/copy_unit.h
 // builds them.
 #include "cpu/kernel_copies.h"
 

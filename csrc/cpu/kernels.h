@@ -1,5 +1,5 @@
-// Row kernels of the CPU backend. This file is included more than once by
-// layer_norm_cpu.cpp, each time inside a different namespace and compiler
+// Row kernels of the CPU backend. This file is included once per copy by
+// kernel_copies.h, each time inside a different namespace and compiler
 // target (baseline, AVX2+FMA, ...), so it has no include guard and includes
 // nothing: everything it uses is included by the including file first.
 //
@@ -16,7 +16,7 @@
 // combines its partial sums in a fixed order, so results do not depend on
 // the number of threads.
 
-// Entry points (the functions layer_norm_cpu.cpp calls, and long_row_sums)
+// Entry points (the functions host_loops.h calls, and long_row_sums)
 // are flattened: every call inside them, the row bodies' lambdas included,
 // is inlined. A lambda left out of line that returns a vector came back
 // wrong in the AVX2 and AVX-512 copies (GCC 12 under the target pragma: the
