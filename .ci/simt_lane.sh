@@ -28,6 +28,9 @@ restore_simt() {
 trap restore_simt EXIT
 if [[ ! -x "$venv/bin/python" ]]; then python3 -m venv "$venv"; fi
 py="$venv/bin/python"
+# The venv's ninja, as in the cpu lane's activated venv: another ninja (the system's
+# 1.11 beside pip's 1.13) keeps its log in another format and recompiles everything.
+export PATH="$venv/bin:$PATH"
 "$py" -m pip install -q torch==2.13.0 ninja pybind11 pytest numpy setuptools wheel
 
 stage() {
