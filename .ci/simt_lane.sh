@@ -71,10 +71,14 @@ fi
 # python itself is not instrumented: the ASan runtime comes first, with libstdc++
 # (ASan's C++ exception interceptor needs it loaded before the extension).
 # pytest's faulthandler would swallow ASan's report of a fault.
+# The subset took 864 s on 5af4bf0 (138 tests); the N = 4096 cases of misaligned_views
+# and output_mask were 38% of it (measured without ASan) and are left out: their kernel
+# stays in the subset through parity at 4096, misalignment and output masks through
+# the other sizes.
 start=$SECONDS
 LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)" \
   ASAN_OPTIONS=detect_leaks=0 \
   "$py" -m pytest -q -p no:faulthandler tests/test_simt.py tests/test_cuda.py tests/test_cuda_norms.py \
-  -k "simt and not grid_cap and (schedule or plan_paths or (parity and wb and (float32 or bfloat16)) or (misaligned and (float32 or bfloat16)) or add_norm_misaligned or output_mask or empty or nan)"
+  -k "simt and not grid_cap and (schedule or plan_paths or (parity and wb and (float32 or bfloat16)) or (misaligned and (float32 or bfloat16)) or add_norm_misaligned or output_mask or empty or nan) and not ((misaligned_views or test_output_mask) and 4096)"
 stage "the ASan subset" "$start"
 echo "simt_lane: PASSED"
