@@ -46,8 +46,10 @@ FASTLN_SIMT=1 MAX_JOBS="${MAX_JOBS:-2}" "$py" setup.py build_ext --inplace > "$w
 stage "build (FASTLN_SIMT=1)" "$start"
 
 start=$SECONDS
+# (Less the two 1024-column cases of backward_deterministic, 85 s of the matrix: the
+# schedule tests of test_simt.py check run-to-run independence on SIMT.)
 "$py" -m pytest -q tests/test_simt_runtime.py tests/test_simt.py tests/test_cuda.py \
-  tests/test_cuda_norms.py
+  tests/test_cuda_norms.py -k "not (backward_deterministic and simt and shape0-1024)"
 stage "runtime tests, SIMT checks and the CUDA matrix" "$start"
 
 mkdir "$work/plain"
