@@ -2,12 +2,13 @@
 // against slow reference conversions written from the IEEE definitions:
 // every half and bfloat16 value, and float -> half/bfloat16 rounding on
 // every halfway point, its neighbours and a stride through all float bit
-// patterns. Then the vector conversions (load_vec, store_vec, store_vec2)
-// of the baseline copy and, when the processor has them, of the AVX2 + F16C
-// copy (F16C instructions for half) and of the AVX-512 copy against those
-// scalar ones on the same values. Plain C++ (the storage types are stand-ins),
-// run by tests/test_cpu_convert.py. Prints "ok" on success, after "f16c:
-// checked" or "f16c: not supported" and the same for "avx512".
+// patterns. Then the vector conversions (load_vec, store_vec, store_vec2,
+// and the fused add's rounded_as and store_exact_vec) of the baseline copy and,
+// when the processor has them, of the AVX2 + F16C copy (F16C instructions for
+// half) and of the AVX-512 copy against those scalar ones on the same values.
+// Plain C++ (the storage types are stand-ins), run by
+// tests/test_cpu_convert.py. Prints "ok" on success, after "f16c: checked" or
+// "f16c: not supported" and the same for "avx512".
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -118,6 +119,9 @@ void check_float_to_16(float f) {
   if (!b_ok) fail("float_to_bfloat16", bits, b.x, want_b);
 }
 
+// Equal bit patterns (so -0.0 differs from 0.0).
+bool same_bits(float a, float b) { return std::memcmp(&a, &b, 4) == 0; }
+
 // Loads `values` (16-bit storage) and stores `floats` through one copy's
 // vector conversions, W at a time, and compares each element with the scalar
 // conversion (any NaN for a NaN).
@@ -179,6 +183,37 @@ void check_float_to_16(float f) {
           fail(#NS " store_vec bfloat16", bits, b1[k].x, bs.x);            \
         if (!bf16_ok(b2[k].x))                                             \
           fail(#NS " store_vec2 bfloat16", bits, b2[k].x, bs.x);           \
+      }                                                                    \
+      /* The fused add's rounding in registers (rounded_as), and its */    \
+      /* store of the rounded values (store_exact_vec): the scalar */      \
+      /* round trip's values, and the scalar conversion's bits. */         \
+      const vec rh = NS::rounded_as<c10::Half, float>(v0);                 \
+      const vec rb = NS::rounded_as<c10::BFloat16, float>(v0);             \
+      c10::Half he[W];                                                     \
+      c10::BFloat16 be[W];                                                 \
+      NS::store_exact_vec<c10::Half, float>(he, rh);                       \
+      NS::store_exact_vec<c10::BFloat16, float>(be, rb);                   \
+      for (int64_t k = 0; k < W; ++k) {                                    \
+        const float f = floats[i + k];                                     \
+        uint32_t bits;                                                     \
+        std::memcpy(&bits, &f, 4);                                         \
+        c10::Half hs;                                                      \
+        c10::BFloat16 bs;                                                  \
+        store_from_acc(&hs, 0, f);                                         \
+        store_from_acc(&bs, 0, f);                                         \
+        const float want_h = load_as_acc<float>(&hs, 0);                   \
+        const float want_b = load_as_acc<float>(&bs, 0);                   \
+        const bool nan = std::isnan(f);                                    \
+        if (nan ? !std::isnan(rh[k]) : !same_bits(rh[k], want_h))          \
+          fail(#NS " rounded_as half", bits, 0, 0);                        \
+        if (nan ? !std::isnan(rb[k]) : !same_bits(rb[k], want_b))          \
+          fail(#NS " rounded_as bfloat16", bits, 0, 0);                    \
+        if (nan ? (he[k].x & 0x7C00) != 0x7C00 || !(he[k].x & 1023)        \
+                : he[k].x != hs.x)                                         \
+          fail(#NS " store_exact_vec half", bits, he[k].x, hs.x);          \
+        if (nan ? (be[k].x & 0x7F80) != 0x7F80 || !(be[k].x & 0x7F)        \
+                : be[k].x != bs.x)                                         \
+          fail(#NS " store_exact_vec bfloat16", bits, be[k].x, bs.x);      \
       }                                                                    \
     }                                                                      \
   }

@@ -120,14 +120,22 @@ _ISA_SCRIPT = (
     "    xr = x.clone().requires_grad_(); wr = w.clone().requires_grad_()\n"
     "    br = b.clone().requires_grad_()\n"
     "    y = fastln.layer_norm(xr, (1031,), wr, br); y.backward(torch.ones_like(y))\n"
-    "    torch.save([y, xr.grad, wr.grad, br.grad], f'{OUT}_{dt}.pt')\n"
+    "    got = {'out': y, 'dx': xr.grad, 'dweight': wr.grad, 'dbias': br.grad}\n"
+    "    res = torch.randn(37, 1031, dtype=dt) * 2\n"
+    "    for name, fn, args in (('add_ln', fastln.add_layer_norm, (w, b)),\n"
+    "                           ('add_rms', fastln.add_rms_norm, (w,))):\n"
+    "        xa = x.clone().requires_grad_()\n"
+    "        ya, ha = fn(xa, res, (1031,), *args)\n"
+    "        (ya.sum() + ha.sum()).backward()\n"
+    "        got.update({f'{name} out': ya, f'{name} h': ha, f'{name} dx': xa.grad})\n"
+    "    torch.save(got, f'{OUT}_{dt}.pt')\n"
 )
 
 
 def test_every_cpu_kernel_copy_agrees(tmp_path):
     # Each copy of the row kernels this processor can run (FASTLN_CPU_ISA picks
     # a narrower one; unset, the widest), on the same inputs, within tolerance
-    # of the portable one.
+    # of the portable one: layer_norm and the fused add norms.
     flags = cpu_flags()
     has_avx2 = AVX2_FLAGS <= flags
     has_avx512 = has_avx2 and AVX512_FLAGS <= flags
@@ -153,8 +161,10 @@ def test_every_cpu_kernel_copy_agrees(tmp_path):
         for dt in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
             a = torch.load(tmp_path / f"base_{dt}.pt")
             b = torch.load(tmp_path / f"{isa}_{dt}.pt")
-            for what, ta, tb in zip(("out", "dx", "dweight", "dbias"), a, b):
-                assert_close(tb, ta.double(), dt, backward=what != "out", what=f"{isa} {what}")
+            assert a.keys() == b.keys()
+            for what, ta in a.items():
+                backward = not what.endswith(("out", " h"))
+                assert_close(b[what], ta.double(), dt, backward=backward, what=f"{isa} {what}")
 
 
 def _available_memory_bytes() -> int:

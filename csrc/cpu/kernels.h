@@ -164,6 +164,13 @@ inline typename Simd<acc_t>::vec load_vec(const scalar_t* p) {
         _mm256_cvtepu16_epi32(
             _mm_loadu_si128(reinterpret_cast<const __m128i*>(p))),
         16);
+#elif defined(FASTLN_AVX512_INTRINSICS)
+    // Likewise one zmm vpmovzxwd (GCC 12 widened through two ymm halves
+    // joined by vinserti64x4).
+    const u32vec bits = (u32vec)_mm512_slli_epi32(
+        _mm512_cvtepu16_epi32(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))),
+        16);
 #else
     typedef uint16_t u16vec __attribute__((vector_size(FASTLN_VEC_BYTES / 2)));
     u16vec raw;
@@ -297,6 +304,23 @@ inline void store_vec2(scalar_t* p, typename Simd<acc_t>::vec v0,
 #endif
   store_vec<scalar_t, acc_t, Store>(p, v0);
   store_vec<scalar_t, acc_t, Store>(p + Simd<acc_t>::kWidth, v1);
+}
+
+// A vector whose lanes T holds exactly (rounded_as<T>) to W elements of T:
+// bfloat16 keeps the high half of each lane as it is, without store_vec's
+// rounding (a third of the instructions of the fused add's loop); other
+// types as store_vec, whose rounding of an exact value is one instruction.
+template <typename T, typename acc_t, typename Store = PlainStore>
+inline void store_exact_vec(T* p, typename Simd<acc_t>::vec v) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    typedef uint32_t u32vec __attribute__((vector_size(FASTLN_VEC_BYTES)));
+    typedef uint16_t u16vec __attribute__((vector_size(FASTLN_VEC_BYTES / 2)));
+    u32vec bits;
+    std::memcpy(&bits, &v, sizeof(bits));
+    Store::put(p, __builtin_convertvector(bits >> 16, u16vec));
+  } else {
+    store_vec<T, acc_t, Store>(p, v);
+  }
 }
 
 // Element i of a row as a scalar, or elements [i, i + W) as a vector: a row
@@ -627,7 +651,10 @@ inline void row_affine(const T* x, int64_t N, RowStats<acc_t> st, acc_t rstd,
 // row, so h is never read back from memory).
 
 // v rounded to H and back (the value an H element holds), for a vector or a
-// scalar of acc_t.
+// scalar of acc_t. Vectors of bfloat16 and (with F16C) half stay in
+// registers, with the same conversions as store_vec then load_vec: the
+// round trip through a stack buffer was a store and a dependent load per
+// vector in the add pass, its hottest loop.
 template <typename H, typename acc_t, typename V>
 inline V rounded_as(V v) {
   if constexpr (std::is_same_v<H, acc_t>) {
@@ -636,6 +663,18 @@ inline V rounded_as(V v) {
     H tmp[1];
     store_from_acc(tmp, 0, v);
     return load_as_acc<acc_t>(tmp, 0);
+  } else if constexpr (std::is_same_v<H, c10::BFloat16>) {
+    const auto bits = bfloat16_bits(v) << 16;
+    V out;
+    std::memcpy(&out, &bits, sizeof(out));
+    return out;
+#if defined(FASTLN_AVX2_INTRINSICS)
+  } else if constexpr (std::is_same_v<H, c10::Half>) {
+    return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+#elif defined(FASTLN_AVX512_INTRINSICS)
+  } else if constexpr (std::is_same_v<H, c10::Half>) {
+    return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+#endif
   } else {
     H tmp[Simd<acc_t>::kWidth];
     store_vec<H, acc_t>(tmp, v);
@@ -655,7 +694,7 @@ inline void add_residual_range(const scalar_t* x, const R* res, H* h,
     const auto v =
         rounded_as<H, acc_t>(load_vec<acc_t>(x + i) + load_vec<acc_t>(res + i));
     store_vec<acc_t, acc_t>(scratch + i, v);
-    store_vec<H, acc_t, Store>(h + i, v);
+    store_exact_vec<H, acc_t, Store>(h + i, v);
   }
   for (; i < end; ++i) {
     const acc_t v = rounded_as<H, acc_t>(load_as_acc<acc_t>(x, i) +
