@@ -266,6 +266,18 @@ inline void stream_fence() {
 #endif
 }
 
+#if defined(FASTLN_AVX2_INTRINSICS) || defined(FASTLN_AVX512_INTRINSICS)
+// An empty asm that takes v in a vector register and may change it: the
+// compiler must then compute v into a register rather than fold it into the
+// store that follows. GCC folds vcvtps2ph into its store form, which ran at
+// half the rate of the register form plus a store on AMD EPYC (Zen 4: 0.2
+// vs 0.1 ns per element converted in L1, 512- and 256-bit alike).
+template <typename V>
+inline void keep_in_register(V& v) {
+  __asm__("" : "+v"(v));
+}
+#endif
+
 template <typename scalar_t, typename acc_t, typename Store = PlainStore>
 inline void store_vec(scalar_t* p, typename Simd<acc_t>::vec v) {
   using S = Simd<acc_t>;
@@ -276,10 +288,14 @@ inline void store_vec(scalar_t* p, typename Simd<acc_t>::vec v) {
     Store::put(p, __builtin_convertvector(bfloat16_bits(v), u16vec));
 #if defined(FASTLN_AVX2_INTRINSICS)
   } else if constexpr (std::is_same_v<scalar_t, c10::Half>) {
-    Store::put(p, _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+    __m128i h = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT);
+    keep_in_register(h);
+    Store::put(p, h);
 #elif defined(FASTLN_AVX512_INTRINSICS)
   } else if constexpr (std::is_same_v<scalar_t, c10::Half>) {
-    Store::put(p, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+    __m256i h = _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT);
+    keep_in_register(h);
+    Store::put(p, h);
 #endif
   } else {
     // The portable half conversion, lane by lane: plain stores even when
