@@ -158,6 +158,18 @@ bool same_bits(float a, float b) { return std::memcmp(&a, &b, 4) == 0; }
       NS::store_vec<c10::BFloat16, float>(b1, v0);                         \
       NS::store_vec<c10::BFloat16, float>(b1 + W, v1);                     \
       NS::store_vec2<c10::BFloat16, float>(b2, v0, v1);                    \
+      /* The fused add's rounding in registers (rounded_as) and its */     \
+      /* store of the rounded values (store_exact_vec). */                 \
+      const vec rh[2] = {NS::rounded_as<c10::Half, float>(v0),             \
+                         NS::rounded_as<c10::Half, float>(v1)};            \
+      const vec rb[2] = {NS::rounded_as<c10::BFloat16, float>(v0),         \
+                         NS::rounded_as<c10::BFloat16, float>(v1)};        \
+      c10::Half he[2 * W];                                                 \
+      c10::BFloat16 be[2 * W];                                             \
+      for (int j = 0; j < 2; ++j) {                                        \
+        NS::store_exact_vec<c10::Half, float>(he + j * W, rh[j]);          \
+        NS::store_exact_vec<c10::BFloat16, float>(be + j * W, rb[j]);      \
+      }                                                                    \
       for (int64_t k = 0; k < 2 * W; ++k) {                                \
         const float f = floats[i + k];                                     \
         uint32_t bits;                                                     \
@@ -183,36 +195,17 @@ bool same_bits(float a, float b) { return std::memcmp(&a, &b, 4) == 0; }
           fail(#NS " store_vec bfloat16", bits, b1[k].x, bs.x);            \
         if (!bf16_ok(b2[k].x))                                             \
           fail(#NS " store_vec2 bfloat16", bits, b2[k].x, bs.x);           \
-      }                                                                    \
-      /* The fused add's rounding in registers (rounded_as), and its */    \
-      /* store of the rounded values (store_exact_vec): the scalar */      \
-      /* round trip's values, and the scalar conversion's bits. */         \
-      const vec rh = NS::rounded_as<c10::Half, float>(v0);                 \
-      const vec rb = NS::rounded_as<c10::BFloat16, float>(v0);             \
-      c10::Half he[W];                                                     \
-      c10::BFloat16 be[W];                                                 \
-      NS::store_exact_vec<c10::Half, float>(he, rh);                       \
-      NS::store_exact_vec<c10::BFloat16, float>(be, rb);                   \
-      for (int64_t k = 0; k < W; ++k) {                                    \
-        const float f = floats[i + k];                                     \
-        uint32_t bits;                                                     \
-        std::memcpy(&bits, &f, 4);                                         \
-        c10::Half hs;                                                      \
-        c10::BFloat16 bs;                                                  \
-        store_from_acc(&hs, 0, f);                                         \
-        store_from_acc(&bs, 0, f);                                         \
-        const float want_h = load_as_acc<float>(&hs, 0);                   \
-        const float want_b = load_as_acc<float>(&bs, 0);                   \
-        const bool nan = std::isnan(f);                                    \
-        if (nan ? !std::isnan(rh[k]) : !same_bits(rh[k], want_h))          \
+        /* rounded_as: the scalar round trip's value, bit for bit. */      \
+        const float rh_k = rh[k / W][k % W], rb_k = rb[k / W][k % W];      \
+        if (nan ? !std::isnan(rh_k)                                        \
+                : !same_bits(rh_k, load_as_acc<float>(&hs, 0)))            \
           fail(#NS " rounded_as half", bits, 0, 0);                        \
-        if (nan ? !std::isnan(rb[k]) : !same_bits(rb[k], want_b))          \
+        if (nan ? !std::isnan(rb_k)                                        \
+                : !same_bits(rb_k, load_as_acc<float>(&bs, 0)))            \
           fail(#NS " rounded_as bfloat16", bits, 0, 0);                    \
-        if (nan ? (he[k].x & 0x7C00) != 0x7C00 || !(he[k].x & 1023)        \
-                : he[k].x != hs.x)                                         \
+        if (!half_ok(he[k].x))                                             \
           fail(#NS " store_exact_vec half", bits, he[k].x, hs.x);          \
-        if (nan ? (be[k].x & 0x7F80) != 0x7F80 || !(be[k].x & 0x7F)        \
-                : be[k].x != bs.x)                                         \
+        if (!bf16_ok(be[k].x))                                             \
           fail(#NS " store_exact_vec bfloat16", bits, be[k].x, bs.x);      \
       }                                                                    \
     }                                                                      \
