@@ -93,10 +93,13 @@ def test_huge_offset_keeps_accuracy(dtype):
     assert_close(got[2], want[2], dtype, backward=True, what="dweight")
 
 
-def test_parameter_grads_are_deterministic_across_thread_counts():
-    x = torch.randn(3001, 257)
-    w, b = torch.randn(257), torch.randn(257)
-    g = torch.randn(3001, 257)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_parameter_grads_are_deterministic_across_thread_counts(dtype):
+    # float32 rows of 257 go one at a time, bfloat16 rows in tiles of four
+    # (kernels.h, kTileMaxRowBytes); 3001 rows leave a partial tile.
+    x = torch.randn(3001, 257, dtype=dtype)
+    w, b = torch.randn(257, dtype=dtype), torch.randn(257, dtype=dtype)
+    g = torch.randn(3001, 257, dtype=dtype)
     threads = torch.get_num_threads()
     results = []
     try:

@@ -811,9 +811,11 @@ FASTLN_FLATTEN void forward_rows(const scalar_t* x, const Load& load,
 // rows of two vectors each keep the results in 8 of the 16 AVX2 registers.
 constexpr int64_t kTileRows = 4;
 // Tiles only for rows of at most kTileMaxRowBytes, whose tile is one short
-// contiguous stretch of memory. Longer rows are a stream each (x, dy and dx
-// of four rows: twelve), which measured 1.3-1.6x slower at one thread on AMD
-// EPYC (fp32 4096 x 768 and 8192 x 384) than one row at a time.
+// contiguous stretch of memory, or for rows of 16-bit x and dy, which pass 2
+// reads from their acc_t copies in scratch (cached) rather than from memory.
+// Longer rows read in place are a stream each (x, dy and dx of four rows:
+// twelve), which measured 1.3-1.6x slower at one thread on AMD EPYC (fp32
+// 4096 x 768 and 8192 x 384) than one row at a time.
 constexpr int64_t kTileMaxRowBytes = 1024;
 
 // What pass 2 needs of a row: its pass-1 results.
@@ -931,7 +933,8 @@ void backward_rows_impl(const G* dy, const scalar_t* x, const acc_t* mean,
                         scalar_t* dx, acc_t* dw_acc, acc_t* db_acc, int64_t N,
                         int64_t row_begin, int64_t row_end, acc_t* scratch) {
   int64_t r = row_begin;
-  if (N * static_cast<int64_t>(sizeof(acc_t)) <= kTileMaxRowBytes) {
+  if (N * static_cast<int64_t>(sizeof(acc_t)) <= kTileMaxRowBytes ||
+      (!kReadInPlace<scalar_t> && !kReadInPlace<G>)) {
     for (; r + kTileRows <= row_end; r += kTileRows)
       backward_tile<kTileRows, kRms, kHasWeight, kParamGrads, Store>(
           dy, x, mean, rstd, w, dh, dx, dw_acc, db_acc, N, r, scratch);
