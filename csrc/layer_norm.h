@@ -137,8 +137,12 @@ using AddNormSignature = std::tuple<at::Tensor, at::Tensor>(
     std::optional<double>, bool, std::optional<at::ScalarType>);
 const c10::TypedOperatorHandle<AddNormSignature>& add_norm_op();
 
-// Which CPU row kernels run on this machine: "avx2" or "base"
-// (FASTLN_CPU_ISA=base at start-up forces the baseline).
+// Which CPU row kernels run on this machine: "avx512", "avx2" or "base"
+// (FASTLN_CPU_ISA=avx2 or =base at start-up forces a narrower copy).
 std::string cpu_isa();
+
+// The output size in bytes from which the CPU kernels write with
+// non-temporal stores at the current thread count (INT64_MAX: never).
+int64_t cpu_stream_bytes();
 
 }  // namespace fastln

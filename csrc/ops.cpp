@@ -103,5 +103,8 @@ PYBIND11_MODULE(_C, m) {
       py::arg("weight"), py::arg("bias"), py::arg("eps"), py::arg("rms"),
       py::arg("residual_dtype"));
   m.def("cpu_isa", &fastln::cpu_isa,
-        "The CPU row kernels in use: 'avx2' or 'base'.");
+        "The CPU row kernels in use: 'avx512', 'avx2' or 'base'.");
+  m.def("cpu_stream_bytes", &fastln::cpu_stream_bytes,
+        "Output bytes from which the CPU kernels write with non-temporal "
+        "stores at the current thread count (INT64_MAX: never).");
 }

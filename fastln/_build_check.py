@@ -103,6 +103,22 @@ def simt_state() -> str:
     return "built (fastln._simt: torch.ops.fastln_simt runs the CUDA kernels on the CPU)"
 
 
+def stream_state() -> str:
+    """From which output size the CPU kernels write with non-temporal stores."""
+    import torch
+
+    from ._ops import cpu_stream_bytes
+
+    limit = cpu_stream_bytes()
+    if limit is None:
+        return "off (FASTLN_CPU_STREAM=0)"
+    size = f"{limit / 2**20:.3g} MiB" if limit >= 2**20 else f"{limit} bytes"
+    return (
+        f"outputs of {size} and more at {torch.get_num_threads()} threads "
+        "(FASTLN_CPU_STREAM=<bytes> sets the size, =0 turns them off)"
+    )
+
+
 def describe() -> list[str]:
     """What ``python -m fastln`` prints: the build, and what this process runs with."""
     import torch
@@ -126,6 +142,7 @@ def describe() -> list[str]:
     lines.append(
         f"CPU kernels: {fastln.cpu_isa()} (FASTLN_CPU_ISA=avx2 or =base forces a narrower copy)"
     )
+    lines.append(f"CPU streaming stores: {stream_state()}")
     lines.append(f"SIMT backend: {simt_state()}")
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none visible"
     lines.append(f"GPU: {gpu}")

@@ -15,7 +15,7 @@ import torch
 
 from . import _C  # noqa: F401  (loading it registers the ops)
 
-__all__ = ["cuda_built", "cpu_isa", "stats_dtype", "check_forward_inputs"]
+__all__ = ["cuda_built", "cpu_isa", "cpu_stream_bytes", "stats_dtype", "check_forward_inputs"]
 
 
 def cuda_built() -> bool:
@@ -27,6 +27,14 @@ def cpu_isa() -> str:
     """The CPU row kernels in use on this machine: ``"avx512"``, ``"avx2"`` or ``"base"``
     (the widest copy the processor runs unless ``FASTLN_CPU_ISA`` asks for a narrower one)."""
     return str(_C.cpu_isa())
+
+
+def cpu_stream_bytes() -> int | None:
+    """Output size in bytes from which the CPU kernels write with non-temporal stores at
+    torch's current thread count (threads x L2 cache, at most half the L3, unless
+    ``FASTLN_CPU_STREAM`` sets it), or None when they never do (``FASTLN_CPU_STREAM=0``)."""
+    value = int(_C.cpu_stream_bytes())
+    return None if value == 2**63 - 1 else value
 
 
 def stats_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -408,6 +408,7 @@ def test_python_m_fastln_says_what_was_built():
     out = done.stdout
     assert f"built against torch {fastln.build_info()['TORCH_VERSION']}" in out
     assert f"CPU kernels: {fastln.cpu_isa()}" in out
+    assert "CPU streaming stores: outputs of " in out or "CPU streaming stores: off" in out
     assert ("CUDA kernels: yes, for sm_" in out) == fastln.cuda_built()
     assert ("CUDA kernels: no (" in out) != fastln.cuda_built()
 

@@ -591,11 +591,12 @@ def test_add_norm_forward_long_row(rms):
     assert ours <= 2 * theirs, f"fastln {ours:.3g} vs torch {theirs:.3g}"
 
 
-# Outputs of at least 16 MiB together (y + h forward, dx + grad_h backward) are
-# written with non-temporal stores (layer_norm_cpu.cpp, stream_output); these
-# shapes put each tensor below 16 MiB, so only the fused add's count streams them,
-# and rows of 5000 elements start at 64-byte boundaries only every few rows (the
-# rest take the plain stores).
+# Outputs past a threshold together (y + h forward, dx + grad_h backward) are
+# written with non-temporal stores (layer_norm_cpu.cpp, stream_output: threads x
+# L2, at most half the L3, 4 MiB on a 2-thread Xeon, 16 MiB on a 32 MiB L3);
+# these 12.8 MB tensors are streamed on either, at 16 MiB only by the fused add's
+# count, and rows of 5000 elements start at 64-byte boundaries only every few rows
+# (the rest take the plain stores up to their first boundary).
 @pytest.mark.parametrize("rms", [False, True], ids=["ln", "rms"])
 @pytest.mark.parametrize(
     "dtype,residual_dtype", [(torch.float32, None), (torch.bfloat16, torch.float32)], ids=str
@@ -607,7 +608,7 @@ def test_add_norm_streamed_outputs(dtype, residual_dtype, rms):
     _check_add(x, r, ns, w, b, rms, residual_dtype=residual_dtype)
 
 
-# LayerNorm and RMSNorm outputs of at least 16 MiB are streamed too; rows of 4099
+# LayerNorm and RMSNorm outputs of 16 MiB are streamed too; rows of 4099
 # elements start at every offset from a 64-byte boundary: each row is written
 # plainly up to its first boundary and streamed from there (kernels.h, rows_map).
 @pytest.mark.parametrize("rms", [False, True], ids=["ln", "rms"])
@@ -669,6 +670,54 @@ def test_bad_stream_env_raises():
     proc = _pytest_with_stream_env("16MiB", "test_norms.py", "-k", "test_add_norm_streamed_outputs")
     assert proc.returncode != 0
     assert "FASTLN_CPU_STREAM must be a byte count (0: never stream), got '16MiB'" in proc.stdout
+
+
+def _cache_bytes(level: int, fallback: int) -> int:
+    """sysconf(_SC_LEVEL<level>_CACHE_SIZE) of the C library, as the kernels ask it
+    (Python's os.sysconf does not know the names: glibc numbers them 191 and 194)."""
+    import ctypes
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return fallback
+    sysconf = ctypes.CDLL(None).sysconf
+    sysconf.restype = ctypes.c_long
+    value = sysconf({2: 191, 3: 194}[level])
+    return value if value > 0 else fallback
+
+
+@pytest.mark.skipif("FASTLN_CPU_STREAM" in __import__("os").environ, reason="threshold set")
+def test_stream_threshold_follows_caches():
+    # The default threshold is the writing threads' L2 caches, at most half the L3
+    # (layer_norm_cpu.cpp, stream_threshold), with the same fallbacks.
+    from fastln._ops import cpu_stream_bytes
+
+    l2 = _cache_bytes(2, 1 << 20)
+    l3 = _cache_bytes(3, 32 << 20)
+    before = torch.get_num_threads()
+    try:
+        for threads in sorted({1, before}):
+            torch.set_num_threads(threads)
+            assert cpu_stream_bytes() == min(threads * l2, l3 // 2), threads
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("value,want", [("12345", 12345), ("0", None)])
+def test_stream_env_sets_threshold(value, want):
+    import os
+    import subprocess
+    import sys
+
+    code = "from fastln._ops import cpu_stream_bytes; print(repr(cpu_stream_bytes()))"
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(fastln.__file__)))
+    path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "FASTLN_CPU_STREAM": value, "PYTHONPATH": path}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == repr(want)
 
 
 # --- 4. gradcheck / gradgradcheck in float64 --------------------------------------
