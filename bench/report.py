@@ -109,7 +109,9 @@ def metadata(device: str, level: str, compile_mode: str) -> dict[str, Any]:
 
 
 def device_slug(meta: dict[str, Any]) -> str:
-    name = re.sub(r"[^a-z0-9]+", "-", meta["device_name"].lower()).strip("-")
+    # Trademark marks ("Intel(R) Xeon(R)") are not part of the model's name.
+    name = re.sub(r"\((r|tm)\)", "", meta["device_name"].lower())
+    name = re.sub(r"[^a-z0-9]+", "-", name).strip("-")
     slug = f"{meta['device']}-{name}"
     # CPU numbers depend on the thread count as much as on the model.
     return slug + (f"-{meta['threads']}t" if meta["device"] == "cpu" else "")

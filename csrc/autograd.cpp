@@ -56,12 +56,6 @@ std::optional<at::Tensor> optional_of(const at::Tensor& t) {
   return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
 }
 
-// Gradients that are themselves differentiable, for backward with
-// create_graph=True. The fused backward kernel is not differentiable, so the
-// forward is recomputed from differentiable ATen ops (two-pass statistics in
-// the accumulation dtype, as the kernels do) and differentiated with
-// create_graph=True; double backward is rare enough that its speed does not
-// matter, its correctness does (gradgradcheck in tests/test_grad.py).
 // The norm of x (already in the accumulation dtype) from differentiable ATen
 // ops: layer norm with two-pass statistics, or RMSNorm; then the affine.
 at::Tensor composite_norm(const at::Tensor& x, at::IntArrayRef normalized_shape,
