@@ -424,6 +424,20 @@ inline void rows_map_range(int64_t begin, int64_t end,
   }
 }
 
+// Writes a row of N elements with Store as range(store, begin, end) calls:
+// with StreamStore, plainly up to `head` (the row's first 64-byte boundary,
+// stream_head) and streamed from there, or plainly throughout when head < 0.
+template <typename Store, typename Range>
+inline void split_at_stream_head(int64_t head, int64_t N, const Range& range) {
+  if constexpr (std::is_same_v<Store, StreamStore>) {
+    if (head < 0) return range(PlainStore{}, int64_t{0}, N);
+    range(PlainStore{}, int64_t{0}, head);
+    range(StreamStore{}, head, N);
+  } else {
+    range(Store{}, int64_t{0}, N);
+  }
+}
+
 // out[r][i] = body(at)[r] for R rows of N elements. With StreamStore, each
 // row is written plainly up to its first 64-byte boundary and streamed from
 // there (stream_head); rows whose boundaries differ (a tile of several rows)
@@ -432,17 +446,16 @@ template <typename acc_t, size_t R, typename Store = PlainStore, typename T,
           typename Body>
 inline void rows_map(int64_t N, const std::array<T*, R>& out,
                      const Body& body) {
+  int64_t head = -1;
   if constexpr (std::is_same_v<Store, StreamStore>) {
-    const int64_t head = stream_head(out[0], N);
-    bool same = head >= 0;
+    head = stream_head(out[0], N);
     for (size_t r = 1; r < R; ++r)
-      same = same && stream_head(out[r], N) == head;
-    if (!same) return rows_map_range<acc_t, R, PlainStore>(0, N, out, body);
-    rows_map_range<acc_t, R, PlainStore>(0, head, out, body);
-    rows_map_range<acc_t, R, StreamStore>(head, N, out, body);
-  } else {
-    rows_map_range<acc_t, R, Store>(0, N, out, body);
+      if (stream_head(out[r], N) != head) head = -1;
   }
+  split_at_stream_head<Store>(
+      head, N, [&](auto store, int64_t begin, int64_t end) {
+        rows_map_range<acc_t, R, decltype(store)>(begin, end, out, body);
+      });
 }
 
 // out[i] = body(at) for one row.
@@ -730,15 +743,12 @@ inline const acc_t* add_residual_row(const scalar_t* x,
                                      int64_t N, acc_t* scratch) {
   const R* res = add.residual + r * N;
   H* h = add.h + r * N;
-  if constexpr (std::is_same_v<Store, StreamStore>) {
-    const int64_t head = stream_head(h, N);
-    if (head >= 0) {
-      add_residual_range<PlainStore>(x, res, h, scratch, 0, head);
-      add_residual_range<StreamStore>(x, res, h, scratch, head, N);
-      return scratch;
-    }
-  }
-  add_residual_range<PlainStore>(x, res, h, scratch, 0, N);
+  const int64_t head =
+      std::is_same_v<Store, StreamStore> ? stream_head(h, N) : int64_t{-1};
+  split_at_stream_head<Store>(
+      head, N, [&](auto store, int64_t begin, int64_t end) {
+        add_residual_range<decltype(store)>(x, res, h, scratch, begin, end);
+      });
   return scratch;
 }
 
