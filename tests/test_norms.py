@@ -629,10 +629,10 @@ def test_streamed_rows_at_every_alignment(dtype, M, rms):
         assert_close(a, e, dtype, backward=name != "out", what=name)
 
 
-def _pytest_with_stream_env(value: str, *args: str):
-    """pytest on test files of this folder in a child process with FASTLN_CPU_STREAM
-    set, importing the fastln this process imported (an in-place build is found
-    through the working directory, which the child keeps)."""
+def _python_with_stream_env(value: str, *args: str):
+    """A child Python process with FASTLN_CPU_STREAM set, importing the fastln this
+    process imported (an in-place build is found through the working directory,
+    which the child keeps)."""
     import os
     import subprocess
     import sys
@@ -640,15 +640,19 @@ def _pytest_with_stream_env(value: str, *args: str):
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(fastln.__file__)))
     path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "FASTLN_CPU_STREAM": value, "PYTHONPATH": path}
+    return subprocess.run(
+        [sys.executable, *args], env=env, capture_output=True, text=True, timeout=900
+    )
+
+
+def _pytest_with_stream_env(value: str, *args: str):
+    """pytest on test files of this folder in a child process with FASTLN_CPU_STREAM
+    set (_python_with_stream_env)."""
+    import os
+
     tests = os.path.dirname(os.path.abspath(__file__))
     args = tuple(os.path.join(tests, a) if a.endswith(".py") else a for a in args)
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    return _python_with_stream_env(value, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args)
 
 
 def test_every_output_streamed_keeps_parity():
@@ -707,17 +711,8 @@ def test_stream_threshold_follows_caches():
 
 @pytest.mark.parametrize("value,want", [("12345", 12345), ("0", None)])
 def test_stream_env_sets_threshold(value, want):
-    import os
-    import subprocess
-    import sys
-
     code = "from fastln._ops import cpu_stream_bytes; print(repr(cpu_stream_bytes()))"
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(fastln.__file__)))
-    path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "FASTLN_CPU_STREAM": value, "PYTHONPATH": path}
-    proc = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
-    )
+    proc = _python_with_stream_env(value, "-c", code)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == repr(want)
 
