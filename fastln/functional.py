@@ -122,6 +122,31 @@ def _composite(input: torch.Tensor) -> bool:
     )
 
 
+def _rms_weight(input: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor | None:
+    """The weight in a dtype fastln's RMSNorm kernels take.
+
+    torch's rms_norm accepts a floating weight of any dtype: where the pair is
+    not one its fused kernel takes, its composite multiplies by the weight in
+    the promoted dtype and rounds to the input's. The kernels take the input's
+    dtype (or float32 under float16/bfloat16 input), so any other floating
+    weight is converted once to that dtype. Every widening conversion is
+    exact, which makes the result torch's; a float64 weight under float32 (or
+    float16/bfloat16) input is rounded to float32 first, one rounding more
+    than torch's, within one unit of the output's last place. The conversion
+    is differentiable, so the weight's gradient has the weight's dtype, as
+    torch's does.
+    """
+    if weight is None or weight.dtype == input.dtype or not weight.is_floating_point():
+        return weight
+    if input.dtype == torch.float16 or input.dtype == torch.bfloat16:
+        target = torch.float32
+    elif input.dtype == torch.float32 or input.dtype == torch.float64:
+        target = input.dtype
+    else:
+        return weight  # the op raises for the input's dtype
+    return weight if weight.dtype == target else weight.to(target)
+
+
 def rms_norm(
     input: torch.Tensor,
     normalized_shape: int | Sequence[int],
@@ -133,20 +158,21 @@ def rms_norm(
     Same signature and semantics as :func:`torch.nn.functional.rms_norm`:
     ``y = x / sqrt(mean(x^2) + eps) * weight``, accumulated in float32 (float64
     for double input); ``eps=None`` is the machine epsilon of that accumulation
-    dtype, as torch's own kernels take it. Weight may be float32 when the input
-    is float16/bfloat16; the output has the input's dtype.
+    dtype, as torch's own kernels take it. The weight may have any floating
+    dtype, as torch's (see :func:`_rms_weight`); the output has the input's
+    dtype.
     """
     normalized_shape = _shape(normalized_shape)
     if _plain(input) and not _is_compiling():
         try:
-            return _RMS_NORM(input, normalized_shape, weight, eps)
+            return _RMS_NORM(input, normalized_shape, _rms_weight(input, weight), eps)
         except NotImplementedError:
             _check_device(input, "rms_norm")
             raise
     _check_device(input, "rms_norm")
     if _composite(input):
         return F.rms_norm(input, normalized_shape, weight, eps)
-    return _RMS_NORM(input, normalized_shape, weight, eps)
+    return _RMS_NORM(input, normalized_shape, _rms_weight(input, weight), eps)
 
 
 def _add_norm(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .functional import layer_norm, low_precision_layer_norm, rms_norm
+from .functional import _rms_weight, layer_norm, low_precision_layer_norm, rms_norm
 
 __all__ = ["LayerNorm", "LowPrecisionLayerNorm", "RMSNorm", "replace_layernorm", "replace_norms"]
 
@@ -110,7 +110,8 @@ class RMSNorm(nn.RMSNorm):
 class _ScriptableRMSNorm(RMSNorm):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
-            return torch.ops.fastln.rms_norm(input, self.normalized_shape, self.weight, self.eps)
+            weight = _rms_weight(input, self.weight)
+            return torch.ops.fastln.rms_norm(input, self.normalized_shape, weight, self.eps)
         return self._eager_forward(input)
 
     @torch.jit.unused

@@ -11,6 +11,7 @@ the yardstick (test_accuracy.py's pattern).
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import pytest
 import torch
@@ -356,6 +357,51 @@ def test_rms_norm_vs_torch(dtype):
                 dtype,
                 what=f"{ns} {eps}",
             )
+
+
+# Weight dtypes the kernels do not take (neither the input's nor float32 under
+# float16/bfloat16 input): torch's rms_norm accepts them through its composite.
+_FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+MIXED_WEIGHT_DTYPES = [
+    (x, w)
+    for x in _FLOATS
+    for w in _FLOATS
+    if w != x and not (w == torch.float32 and x in (torch.bfloat16, torch.float16))
+]
+
+
+@pytest.mark.parametrize("dtype,wdtype", MIXED_WEIGHT_DTYPES, ids=str)
+def test_rms_norm_any_weight_dtype_like_torch(dtype, wdtype):
+    x, w, _ = _inputs((5, 37), (37,), dtype, wdtype, True)
+    g = torch.randn(5, 37, dtype=dtype)
+    ours = _run_rms(fastln.rms_norm, x, (37,), w, None, g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's "Mismatch dtype" (no fused kernel)
+        theirs = _run_rms(F.rms_norm, x, (37,), w, None, g)
+    assert [t.dtype for t in ours] == [t.dtype for t in theirs] == [dtype, dtype, wdtype]
+    # Both round the weight's gradient to its dtype, and a float64 weight under
+    # lower-precision input is rounded once more in fastln (see _rms_weight).
+    tol = _tol_dtype(dtype, wdtype)
+    for what, a, b in zip(("out", "dx", "dweight"), ours, theirs):
+        assert_close(a, b.double(), tol, backward=what != "out", what=what)
+    for what, a, b in zip(("out", "dx", "dweight"), ours, _rms_ref(x, (37,), w, None, g)):
+        assert_close(a, b, tol, backward=what != "out", what=f"{what} vs float64")
+
+
+def test_rms_module_float64_weight_float32_input():
+    # A float64 model fed float32 activations: nn.RMSNorm runs it, eager and scripted.
+    ours, theirs = fastln.RMSNorm(37, dtype=torch.float64), nn.RMSNorm(37, dtype=torch.float64)
+    with torch.no_grad():
+        theirs.weight.normal_()
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(4, 37)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's "Mismatch dtype" and jit's deprecation
+        expected = theirs(x)
+        for module in (ours, torch.jit.script(ours)):
+            y = module(x)
+            assert y.dtype == expected.dtype == torch.float32
+            assert_close(y, expected.double(), torch.float32)
 
 
 @pytest.mark.parametrize(
