@@ -163,16 +163,18 @@ def rms_norm(
     dtype.
     """
     normalized_shape = _shape(normalized_shape)
+    if weight is not None and weight.dtype != input.dtype:  # the common case skips the call
+        weight = _rms_weight(input, weight)
     if _plain(input) and not _is_compiling():
         try:
-            return _RMS_NORM(input, normalized_shape, _rms_weight(input, weight), eps)
+            return _RMS_NORM(input, normalized_shape, weight, eps)
         except NotImplementedError:
             _check_device(input, "rms_norm")
             raise
     _check_device(input, "rms_norm")
     if _composite(input):
         return F.rms_norm(input, normalized_shape, weight, eps)
-    return _RMS_NORM(input, normalized_shape, _rms_weight(input, weight), eps)
+    return _RMS_NORM(input, normalized_shape, weight, eps)
 
 
 def _add_norm(
