@@ -1,7 +1,7 @@
 """fastln wherever torch.nn.LayerNorm works: torch.func, forward AD, TorchScript,
 ONNX, nested jagged tensors, autocast, torch.export/AOTInductor, checkpointing,
-tensor subclasses, vmap. (Multi-process: DDP, FSDP2 and DTensor are in
-test_distributed.py; torch.compile and opcheck in test_compile.py.)
+compiled autograd, tensor subclasses, vmap. (Multi-process: DDP, FSDP2 and
+DTensor are in test_distributed.py; torch.compile and opcheck in test_compile.py.)
 
 Each test runs the same thing with torch's layer norm and compares, and, where it
 matters, checks that fastln's kernels (not a fallback) did the work.
@@ -9,6 +9,7 @@ matters, checks that fastln's kernels (not a fallback) did the work.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from collections.abc import Callable
@@ -586,3 +587,43 @@ def test_tensor_subclasses_and_parameters():
     y.sum().backward()
     _close(y.detach(), want)
     assert p.grad is not None
+
+
+# --- compiled autograd ------------------------------------------------------
+
+
+@pytest.mark.parametrize("norm", ["layer_norm", "rms_norm", "add_layer_norm"])
+def test_compiled_autograd(norm):
+    """torch.compile of the backward graph (compiled autograd) traces fastln's
+    autograd nodes and gives torch's gradients."""
+    x, w, b = _data()
+    r = torch.randn(x.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(1))
+
+    def loss(lib, x, w, b, r):
+        if norm == "layer_norm":
+            y = lib.layer_norm(x, NS, w, b)
+        elif norm == "rms_norm":
+            y = lib.rms_norm(x, NS, w)
+        elif lib is fastln:
+            y, h = fastln.add_layer_norm(x, r, NS, w, b)
+            y = y + h.cos()
+        else:
+            h = x + r
+            y = F.layer_norm(h, NS, w, b) + h.cos()
+        return y.sin().sum()
+
+    graphs = []
+
+    def backend(gm: torch.fx.GraphModule, example_inputs: list) -> Callable:
+        graphs.append(gm)
+        return gm.forward
+
+    grads = []
+    for lib in (fastln, F):
+        leaves = [t.detach().requires_grad_() for t in (x, w, b, r)]
+        compiled = torch._dynamo.compiled_autograd._enable(torch.compile(backend=backend))
+        with compiled if lib is fastln else contextlib.nullcontext():
+            loss(lib, *leaves).backward()
+        grads.append([t.grad for t in leaves if t.grad is not None])
+    assert graphs, "compiled autograd compiled no backward graph"
+    _close(grads[0], grads[1], backward=True)
