@@ -718,6 +718,47 @@ def test_every_output_streamed_keeps_parity():
     assert " passed" in proc.stdout and " failed" not in proc.stdout, proc.stdout[-2000:]
 
 
+_GRADS_SCRIPT = """
+import sys, torch, fastln
+torch.manual_seed(0)
+out = {}
+for name, dtype in (("bfloat16", torch.bfloat16), ("float16", torch.float16)):
+    # 257 columns: 16-bit rows that are not a multiple of 64 bytes; 3001 rows
+    # leave a partial tile of four.
+    x, r, g = (torch.randn(3001, 257, dtype=dtype) for _ in range(3))
+    w, b = torch.randn(257, requires_grad=True), torch.randn(257, requires_grad=True)
+    x.requires_grad_()
+    runs = {
+        "layer_norm": lambda: (fastln.layer_norm(x, (257,), w, b),),
+        "rms_norm": lambda: (fastln.rms_norm(x, (257,), w),),
+        "add_layer_norm": lambda: fastln.add_layer_norm(x, r, (257,), w, b),
+    }
+    for norm, run in runs.items():
+        ys = run()
+        out[name, norm] = torch.autograd.grad(ys, (x, w, b), (g,) * len(ys), allow_unused=True)
+torch.save(out, sys.argv[1])
+"""
+
+
+def test_grads_do_not_depend_on_streaming(tmp_path):
+    # Whether an output is streamed depends on the thread count (the threshold
+    # is threads x L2), so a kernel path chosen by it must not change the
+    # summation order of dweight/dbias: every output streamed (=1) and none
+    # (=0) give the same bits. (Rows taken one at a time instead of in tiles
+    # when dx was streamed made bfloat16 dweight differ between thread counts.)
+    results = []
+    for value in ("1", "0"):
+        path = tmp_path / f"grads_{value}.pt"
+        proc = _python_with_stream_env(value, "-c", _GRADS_SCRIPT, str(path))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results.append(torch.load(path))
+    assert results[0].keys() == results[1].keys() and len(results[0]) == 6
+    for key, streamed in results[0].items():
+        for i, (a, e) in enumerate(zip(streamed, results[1][key])):
+            assert (a is None) == (e is None), (key, i)
+            assert a is None or torch.equal(a, e), (key, ("dx", "dweight", "dbias")[i])
+
+
 def test_bad_stream_env_raises():
     proc = _pytest_with_stream_env("16MiB", "test_norms.py", "-k", "test_add_norm_streamed_outputs")
     assert proc.returncode != 0

@@ -943,15 +943,15 @@ void backward_rows_impl(const G* dy, const scalar_t* x, const acc_t* mean,
                         scalar_t* dx, acc_t* dw_acc, acc_t* db_acc, int64_t N,
                         int64_t row_begin, int64_t row_end, acc_t* scratch) {
   int64_t r = row_begin;
-  // A streamed tile needs its rows to share a 64-byte phase (rows_map), which
-  // rows of a multiple of 64 bytes do; long 16-bit rows of another length are
-  // streamed one at a time instead (each row peels its own head), as before
-  // tiles took them: a tile of them would write all of dx through the cache.
-  const bool rows_share_phase =
-      !std::is_same_v<Store, StreamStore> ||
-      N * static_cast<int64_t>(sizeof(scalar_t)) % 64 == 0;
+  // Tiles add their rows' terms to dw_acc/db_acc in another order than rows
+  // one at a time, so the choice must not depend on Store: whether dx is
+  // streamed depends on the thread count (stream_threshold), and dweight /
+  // dbias must not. (Choosing single rows for streamed 16-bit rows whose
+  // length is not a multiple of 64 bytes made a bfloat16 dweight of 3001 x
+  // 257 differ between 1 and 3 threads on a 512 KiB-L2 host.) A streamed
+  // tile of rows at different 64-byte phases writes dx plainly (rows_map).
   if (N * static_cast<int64_t>(sizeof(acc_t)) <= kTileMaxRowBytes ||
-      (!kReadInPlace<scalar_t> && !kReadInPlace<G> && rows_share_phase)) {
+      (!kReadInPlace<scalar_t> && !kReadInPlace<G>)) {
     for (; r + kTileRows <= row_end; r += kTileRows)
       backward_tile<kTileRows, kRms, kHasWeight, kParamGrads, Store>(
           dy, x, mean, rstd, w, dh, dx, dw_acc, db_acc, N, r, scratch);
